@@ -1,0 +1,384 @@
+//! [`Client`]: the sans-IO LwM2M client. It owns the data model and one session per
+//! management server, and is driven entirely from outside: datagrams in through
+//! [`Client::handle_datagram`], time through [`Client::handle_timeout`], datagrams out
+//! through [`Client::poll_transmit`], the next deadline from [`Client::poll_timeout`],
+//! and what happened from [`Client::poll_event`] (quinn-proto's shape).
+//!
+//! It never reads a clock or touches a socket; `io::Driver` and the simulator do.
+
+use std::collections::VecDeque;
+
+use log::{debug, warn};
+
+use crate::coap::{self, code, Endpoint, InboundRequest, RequestType, TxParams};
+use crate::dm::objects::SecurityMode;
+use crate::dm::ops::{self, Requester};
+use crate::dm::{link, DataModel, Object, Path};
+use crate::error::Error;
+use crate::lwm2m::registration::{RegistrationParams, SessionEvent};
+use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
+use crate::rng::RandomSource;
+use crate::time::{Instant, Now};
+
+/// Identifies the connection a datagram belongs to (one per server account).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u32);
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub conn: ConnectionId,
+    pub data: Vec<u8>,
+}
+
+/// Something the application may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Registered { ssid: u16, location: String },
+    RegistrationUpdated { ssid: u16 },
+    RegistrationFailed { ssid: u16, reason: String },
+    Deregistered { ssid: u16 },
+    /// The server executed Reboot (/3/0/4).
+    RebootRequested,
+    /// A connection is no longer used; the driver may close its socket.
+    ConnectionClosed { conn: ConnectionId },
+}
+
+/// Client configuration (the Rust counterpart of `estuary_configuration_t`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    pub endpoint_name: String,
+    /// Largest datagram accepted; bigger ones are dropped.
+    pub in_buffer_size: usize,
+    /// Largest datagram sent.
+    pub out_buffer_size: usize,
+    /// Bytes of responses kept for answering retransmitted requests.
+    pub msg_cache_size: usize,
+    pub udp_tx_params: TxParams,
+}
+
+impl ClientConfig {
+    pub const DEFAULT_IN_BUFFER_SIZE: usize = 4000;
+    pub const DEFAULT_OUT_BUFFER_SIZE: usize = 4000;
+    pub const DEFAULT_MSG_CACHE_SIZE: usize = 4000;
+    /// Smallest buffer that holds a CoAP header, options and a 16-byte block.
+    pub const MIN_BUFFER_SIZE: usize = 128;
+
+    pub fn new(endpoint_name: &str) -> Self {
+        ClientConfig {
+            endpoint_name: endpoint_name.to_string(),
+            in_buffer_size: Self::DEFAULT_IN_BUFFER_SIZE,
+            out_buffer_size: Self::DEFAULT_OUT_BUFFER_SIZE,
+            msg_cache_size: Self::DEFAULT_MSG_CACHE_SIZE,
+            udp_tx_params: TxParams::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let ep = &self.endpoint_name;
+        if ep.is_empty() || ep.len() > 255 {
+            return Err(Error::Config("endpoint_name must be 1 to 255 bytes".into()));
+        }
+        if !ep.chars().all(|c| c.is_ascii_graphic() && !"&?#/\"\\".contains(c)) {
+            return Err(Error::Config(
+                "endpoint_name must be printable ASCII without spaces or & ? # / \" \\".into(),
+            ));
+        }
+        if self.in_buffer_size < Self::MIN_BUFFER_SIZE || self.out_buffer_size < Self::MIN_BUFFER_SIZE {
+            return Err(Error::Config(format!(
+                "in_buffer_size and out_buffer_size must be at least {}",
+                Self::MIN_BUFFER_SIZE
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The LwM2M client core.
+pub struct Client {
+    cfg: ClientConfig,
+    rng: Box<dyn RandomSource>,
+    dm: DataModel,
+    sessions: Vec<ServerSession>,
+    events: VecDeque<Event>,
+    started: bool,
+    shutting_down: bool,
+    next_conn_poll: usize,
+}
+
+impl Client {
+    /// A client with an empty data model (Device object defaults, no servers).
+    pub fn new(cfg: ClientConfig, rng: Box<dyn RandomSource>) -> Result<Client, Error> {
+        let mut cfg = cfg;
+        cfg.udp_tx_params = cfg.udp_tx_params.sanitized();
+        cfg.validate()?;
+        Ok(Client {
+            cfg,
+            rng,
+            dm: DataModel::new(),
+            sessions: Vec::new(),
+            events: VecDeque::new(),
+            started: false,
+            shutting_down: false,
+            next_conn_poll: 0,
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    pub fn data_model(&self) -> &DataModel {
+        &self.dm
+    }
+
+    /// The data model, for installing objects and instances before [`Client::start`].
+    pub fn data_model_mut(&mut self) -> &mut DataModel {
+        &mut self.dm
+    }
+
+    /// Registers an application object.
+    pub fn register_object(&mut self, obj: Box<dyn Object>) -> Result<(), Error> {
+        self.dm
+            .register(obj)
+            .map_err(|o| Error::InvalidArgument(format!("object {} is already registered", o.oid())))
+    }
+
+    /// Opens a session for every management-server account of the Security object that has
+    /// a matching Server instance, and starts registering. Accounts that cannot be used are
+    /// logged and skipped.
+    pub fn start(&mut self, now: Now) -> Result<(), Error> {
+        if self.started {
+            return Ok(());
+        }
+        let mut sessions = Vec::new();
+        for (iid, sec) in self.dm.security.management_accounts() {
+            let Some(ssid) = sec.ssid else { continue };
+            if self.dm.server.by_ssid(ssid).is_none() {
+                warn!("security instance {iid} (ssid={ssid}) has no Server instance; skipped");
+                continue;
+            }
+            match sec.security_mode {
+                SecurityMode::NoSec => {}
+                other => {
+                    warn!("ssid={ssid}: security mode {other:?} is not supported yet; account skipped");
+                    continue;
+                }
+            }
+            let uri = ServerUri::parse(&sec.server_uri)?;
+            if uri.secure {
+                warn!("ssid={ssid}: coaps:// URI with NoSec mode; account skipped");
+                continue;
+            }
+            let endpoint = Endpoint::new(
+                self.cfg.udp_tx_params,
+                self.cfg.out_buffer_size,
+                self.cfg.msg_cache_size,
+                self.rng.as_mut(),
+            );
+            sessions.push(ServerSession::new(ssid, uri, endpoint, now.mono));
+        }
+        if sessions.is_empty() {
+            return Err(Error::Config("no usable management-server account (Security + Server instances)".into()));
+        }
+        self.sessions = sessions;
+        self.started = true;
+        self.drive(now);
+        Ok(())
+    }
+
+    fn registration_params(&self, ssid: u16) -> Option<RegistrationParams> {
+        let srv = self.dm.server.by_ssid(ssid)?;
+        Some(RegistrationParams {
+            endpoint_name: self.cfg.endpoint_name.clone(),
+            lifetime: u32::try_from(srv.lifetime).unwrap_or(u32::MAX),
+            binding: srv.binding.clone(),
+            lwm2m_version: "1.1",
+            object_links: link::registration_payload(&self.dm),
+        })
+    }
+
+    fn conn_of(ssid: u16) -> ConnectionId {
+        ConnectionId(u32::from(ssid))
+    }
+
+    /// The server a connection talks to (for the driver to resolve and open a socket).
+    pub fn connection_uri(&self, conn: ConnectionId) -> Option<&ServerUri> {
+        self.sessions
+            .iter()
+            .find(|s| Self::conn_of(s.ssid) == conn)
+            .map(|s| &s.uri)
+    }
+
+    /// All open connections.
+    pub fn connections(&self) -> Vec<ConnectionId> {
+        self.sessions.iter().map(|s| Self::conn_of(s.ssid)).collect()
+    }
+
+    /// Registration state of a server, if it has a session.
+    pub fn registration_state(&self, ssid: u16) -> Option<&RegistrationState> {
+        self.sessions.iter().find(|s| s.ssid == ssid).map(|s| s.state())
+    }
+
+    /// True when every session is registered.
+    pub fn is_registered(&self) -> bool {
+        !self.sessions.is_empty() && self.sessions.iter().all(|s| s.is_registered())
+    }
+
+    /// Sends an Update to `ssid` (or every server when `None`) at once.
+    pub fn schedule_registration_update(&mut self, now: Now, ssid: Option<u16>) -> Result<(), Error> {
+        let mut found = false;
+        for s in self.sessions.iter_mut().filter(|s| ssid.is_none_or(|x| x == s.ssid)) {
+            s.request_update();
+            found = true;
+        }
+        if !found {
+            return Err(Error::InvalidArgument("no such server".into()));
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Feeds a datagram received on `conn`. Malformed or oversized datagrams are dropped
+    /// with a debug log line and change nothing.
+    pub fn handle_datagram(&mut self, now: Now, conn: ConnectionId, data: &[u8]) {
+        if data.len() > self.cfg.in_buffer_size {
+            debug!("dropping {}-byte datagram larger than in_buffer_size", data.len());
+            return;
+        }
+        let Some(s) = self.sessions.iter_mut().find(|s| Self::conn_of(s.ssid) == conn) else {
+            debug!("dropping datagram for unknown connection {conn:?}");
+            return;
+        };
+        if s.endpoint.handle_datagram(now.mono, data).is_err() {
+            return;
+        }
+        self.drive(now);
+    }
+
+    /// Runs timers that are due.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.drive(now);
+    }
+
+    /// Starts De-registration from every server; `poll_event` reports each one.
+    pub fn shutdown(&mut self, now: Now) {
+        self.shutting_down = true;
+        for s in &mut self.sessions {
+            s.deregister(now.mono);
+        }
+        self.drive(now);
+    }
+
+    /// True once a [`Client::shutdown`] has finished (every server deregistered or given up).
+    pub fn is_shut_down(&self) -> bool {
+        self.shutting_down
+            && self
+                .sessions
+                .iter()
+                .all(|s| matches!(s.state(), RegistrationState::Deregistered) && s.endpoint.is_idle())
+    }
+
+    fn drive(&mut self, now: Now) {
+        for ssid in self.dm.server.take_update_triggers() {
+            if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
+                s.request_update();
+            }
+        }
+        for i in 0..self.sessions.len() {
+            let ssid = self.sessions[i].ssid;
+            if !self.shutting_down {
+                if let Some(params) = self.registration_params(ssid) {
+                    self.sessions[i].on_timeout(now.mono, &params);
+                }
+            } else {
+                self.sessions[i].endpoint.handle_timeout(now.mono);
+            }
+            while let Some(ev) = self.sessions[i].endpoint.poll_event() {
+                let (sev, req) = self.sessions[i].on_endpoint_event(now.mono, ev);
+                if let Some(req) = req {
+                    let resp = self.handle_request(&req);
+                    self.sessions[i].endpoint.respond(now.mono, &req, resp);
+                }
+                if let Some(sev) = sev {
+                    self.events.push_back(match sev {
+                        SessionEvent::Registered { location } => Event::Registered { ssid, location },
+                        SessionEvent::Updated => Event::RegistrationUpdated { ssid },
+                        SessionEvent::RegistrationFailed { reason } => Event::RegistrationFailed { ssid, reason },
+                        SessionEvent::Deregistered => Event::Deregistered { ssid },
+                    });
+                }
+            }
+            // A state change (e.g. Update answered 4.04) may make more work due now.
+            if !self.shutting_down {
+                if let Some(params) = self.registration_params(ssid) {
+                    self.sessions[i].on_timeout(now.mono, &params);
+                }
+            }
+        }
+        if self.dm.device.take_reboot_request() {
+            self.events.push_back(Event::RebootRequested);
+        }
+    }
+
+    /// Answers a request from a management server out of the data model.
+    fn handle_request(&mut self, req: &InboundRequest) -> coap::Packet {
+        let p = &req.packet;
+        let path = match coap::uri_path(p).map(|segs| Path::from_segments(&segs)) {
+            Some(Ok(path)) => path,
+            _ => {
+                debug!("request with an invalid path");
+                return coap::new_response(code::BAD_REQUEST);
+            }
+        };
+        let method = match p.header.code {
+            coap::MessageClass::Request(m) => m,
+            _ => return coap::new_response(code::BAD_REQUEST),
+        };
+        let who = Requester::Management;
+        let result = match method {
+            RequestType::Get => ops::read(&self.dm, &path, coap::accept_of(p), who).map(|(cf, payload)| {
+                let mut r = coap::new_response(code::CONTENT);
+                coap::set_content_format(&mut r, cf);
+                r.payload = payload;
+                r
+            }),
+            RequestType::Post if path.rid().is_some() => {
+                ops::execute(&mut self.dm, &path, &p.payload, who).map(|()| coap::new_response(code::CHANGED))
+            }
+            _ => Err(crate::dm::DmError::MethodNotAllowed),
+        };
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("{method:?} {path}: {e}");
+                coap::new_response(e.coap_code())
+            }
+        }
+    }
+
+    /// The next datagram to send, taking connections in turn.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let n = self.sessions.len();
+        for k in 0..n {
+            let i = (self.next_conn_poll + k) % n;
+            if let Some(data) = self.sessions[i].endpoint.poll_transmit() {
+                self.next_conn_poll = (i + 1) % n;
+                return Some(Transmit {
+                    conn: Self::conn_of(self.sessions[i].ssid),
+                    data,
+                });
+            }
+        }
+        None
+    }
+
+    /// The earliest time [`Client::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.iter().filter_map(|s| s.poll_timeout()).min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,9 @@
+//! LwM2M client behaviour towards servers: server URIs and the per-server registration
+//! session (Register, Update before the lifetime runs out, De-register). Bootstrap joins
+//! here later. Sans-IO like the rest of the core.
+
+pub mod registration;
+pub mod uri;
+
+pub use registration::{RegistrationState, ServerSession};
+pub use uri::ServerUri;
