@@ -34,14 +34,26 @@ pub struct Transmit {
 /// Something the application may want to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Registered { ssid: u16, location: String },
-    RegistrationUpdated { ssid: u16 },
-    RegistrationFailed { ssid: u16, reason: String },
-    Deregistered { ssid: u16 },
+    Registered {
+        ssid: u16,
+        location: String,
+    },
+    RegistrationUpdated {
+        ssid: u16,
+    },
+    RegistrationFailed {
+        ssid: u16,
+        reason: String,
+    },
+    Deregistered {
+        ssid: u16,
+    },
     /// The server executed Reboot (/3/0/4).
     RebootRequested,
     /// A connection is no longer used; the driver may close its socket.
-    ConnectionClosed { conn: ConnectionId },
+    ConnectionClosed {
+        conn: ConnectionId,
+    },
 }
 
 /// Client configuration (the Rust counterpart of `estuary_configuration_t`).
@@ -79,12 +91,17 @@ impl ClientConfig {
         if ep.is_empty() || ep.len() > 255 {
             return Err(Error::Config("endpoint_name must be 1 to 255 bytes".into()));
         }
-        if !ep.chars().all(|c| c.is_ascii_graphic() && !"&?#/\"\\".contains(c)) {
+        if !ep
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"&?#/\"\\".contains(c))
+        {
             return Err(Error::Config(
                 "endpoint_name must be printable ASCII without spaces or & ? # / \" \\".into(),
             ));
         }
-        if self.in_buffer_size < Self::MIN_BUFFER_SIZE || self.out_buffer_size < Self::MIN_BUFFER_SIZE {
+        if self.in_buffer_size < Self::MIN_BUFFER_SIZE
+            || self.out_buffer_size < Self::MIN_BUFFER_SIZE
+        {
             return Err(Error::Config(format!(
                 "in_buffer_size and out_buffer_size must be at least {}",
                 Self::MIN_BUFFER_SIZE
@@ -139,9 +156,9 @@ impl Client {
 
     /// Registers an application object.
     pub fn register_object(&mut self, obj: Box<dyn Object>) -> Result<(), Error> {
-        self.dm
-            .register(obj)
-            .map_err(|o| Error::InvalidArgument(format!("object {} is already registered", o.oid())))
+        self.dm.register(obj).map_err(|o| {
+            Error::InvalidArgument(format!("object {} is already registered", o.oid()))
+        })
     }
 
     /// Opens a session for every management-server account of the Security object that has
@@ -179,7 +196,9 @@ impl Client {
             sessions.push(ServerSession::new(ssid, uri, endpoint, now.mono));
         }
         if sessions.is_empty() {
-            return Err(Error::Config("no usable management-server account (Security + Server instances)".into()));
+            return Err(Error::Config(
+                "no usable management-server account (Security + Server instances)".into(),
+            ));
         }
         self.sessions = sessions;
         self.started = true;
@@ -212,12 +231,18 @@ impl Client {
 
     /// All open connections.
     pub fn connections(&self) -> Vec<ConnectionId> {
-        self.sessions.iter().map(|s| Self::conn_of(s.ssid)).collect()
+        self.sessions
+            .iter()
+            .map(|s| Self::conn_of(s.ssid))
+            .collect()
     }
 
     /// Registration state of a server, if it has a session.
     pub fn registration_state(&self, ssid: u16) -> Option<&RegistrationState> {
-        self.sessions.iter().find(|s| s.ssid == ssid).map(|s| s.state())
+        self.sessions
+            .iter()
+            .find(|s| s.ssid == ssid)
+            .map(|s| s.state())
     }
 
     /// True when every session is registered.
@@ -226,9 +251,17 @@ impl Client {
     }
 
     /// Sends an Update to `ssid` (or every server when `None`) at once.
-    pub fn schedule_registration_update(&mut self, now: Now, ssid: Option<u16>) -> Result<(), Error> {
+    pub fn schedule_registration_update(
+        &mut self,
+        now: Now,
+        ssid: Option<u16>,
+    ) -> Result<(), Error> {
         let mut found = false;
-        for s in self.sessions.iter_mut().filter(|s| ssid.is_none_or(|x| x == s.ssid)) {
+        for s in self
+            .sessions
+            .iter_mut()
+            .filter(|s| ssid.is_none_or(|x| x == s.ssid))
+        {
             s.request_update();
             found = true;
         }
@@ -243,10 +276,17 @@ impl Client {
     /// with a debug log line and change nothing.
     pub fn handle_datagram(&mut self, now: Now, conn: ConnectionId, data: &[u8]) {
         if data.len() > self.cfg.in_buffer_size {
-            debug!("dropping {}-byte datagram larger than in_buffer_size", data.len());
+            debug!(
+                "dropping {}-byte datagram larger than in_buffer_size",
+                data.len()
+            );
             return;
         }
-        let Some(s) = self.sessions.iter_mut().find(|s| Self::conn_of(s.ssid) == conn) else {
+        let Some(s) = self
+            .sessions
+            .iter_mut()
+            .find(|s| Self::conn_of(s.ssid) == conn)
+        else {
             debug!("dropping datagram for unknown connection {conn:?}");
             return;
         };
@@ -273,10 +313,9 @@ impl Client {
     /// True once a [`Client::shutdown`] has finished (every server deregistered or given up).
     pub fn is_shut_down(&self) -> bool {
         self.shutting_down
-            && self
-                .sessions
-                .iter()
-                .all(|s| matches!(s.state(), RegistrationState::Deregistered) && s.endpoint.is_idle())
+            && self.sessions.iter().all(|s| {
+                matches!(s.state(), RegistrationState::Deregistered) && s.endpoint.is_idle()
+            })
     }
 
     fn drive(&mut self, now: Now) {
@@ -302,9 +341,13 @@ impl Client {
                 }
                 if let Some(sev) = sev {
                     self.events.push_back(match sev {
-                        SessionEvent::Registered { location } => Event::Registered { ssid, location },
+                        SessionEvent::Registered { location } => {
+                            Event::Registered { ssid, location }
+                        }
                         SessionEvent::Updated => Event::RegistrationUpdated { ssid },
-                        SessionEvent::RegistrationFailed { reason } => Event::RegistrationFailed { ssid, reason },
+                        SessionEvent::RegistrationFailed { reason } => {
+                            Event::RegistrationFailed { ssid, reason }
+                        }
                         SessionEvent::Deregistered => Event::Deregistered { ssid },
                     });
                 }
@@ -337,14 +380,17 @@ impl Client {
         };
         let who = Requester::Management;
         let result = match method {
-            RequestType::Get => ops::read(&self.dm, &path, coap::accept_of(p), who).map(|(cf, payload)| {
-                let mut r = coap::new_response(code::CONTENT);
-                coap::set_content_format(&mut r, cf);
-                r.payload = payload;
-                r
-            }),
+            RequestType::Get => {
+                ops::read(&self.dm, &path, coap::accept_of(p), who).map(|(cf, payload)| {
+                    let mut r = coap::new_response(code::CONTENT);
+                    coap::set_content_format(&mut r, cf);
+                    r.payload = payload;
+                    r
+                })
+            }
             RequestType::Post if path.rid().is_some() => {
-                ops::execute(&mut self.dm, &path, &p.payload, who).map(|()| coap::new_response(code::CHANGED))
+                ops::execute(&mut self.dm, &path, &p.payload, who)
+                    .map(|()| coap::new_response(code::CHANGED))
             }
             _ => Err(crate::dm::DmError::MethodNotAllowed),
         };

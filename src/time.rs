@@ -106,7 +106,10 @@ mod tests {
             (t + Duration::from_millis(7)).saturating_duration_since(t),
             Duration::from_millis(7)
         );
-        assert_eq!(t.saturating_duration_since(t + Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(
+            t.saturating_duration_since(t + Duration::from_secs(1)),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! what it cannot match with RST, and enforces NSTART. It does not know LwM2M paths,
 //! block-wise transfers or sockets: callers feed datagrams in and take datagrams out.
 
-use std::collections::VecDeque;
 use core::time::Duration;
+use std::collections::VecDeque;
 
 use coap_lite::{MessageClass, MessageType, Packet};
 use log::{debug, trace};
@@ -52,7 +52,10 @@ pub enum EndpointEvent {
     /// A new request from the peer; answer it with [`Endpoint::respond`].
     Request(InboundRequest),
     /// The response to one of our requests.
-    Response { handle: RequestHandle, packet: Packet },
+    Response {
+        handle: RequestHandle,
+        packet: Packet,
+    },
     /// A confirmable response or notification we sent was acknowledged.
     Delivered { handle: RequestHandle },
     /// An exchange of ours ended without success.
@@ -185,7 +188,9 @@ impl Endpoint {
     fn encode(&self, p: &Packet) -> Result<Vec<u8>, ExchangeError> {
         match p.to_bytes_with_limit(self.max_message_size) {
             Ok(b) => Ok(b),
-            Err(coap_lite::error::MessageError::InvalidPacketLength) => Err(ExchangeError::TooLarge),
+            Err(coap_lite::error::MessageError::InvalidPacketLength) => {
+                Err(ExchangeError::TooLarge)
+            }
             Err(_) => Err(ExchangeError::Encode),
         }
     }
@@ -204,7 +209,10 @@ impl Endpoint {
     }
 
     fn outstanding_requests(&self) -> usize {
-        self.active.iter().filter(|o| o.kind == Kind::Request).count()
+        self.active
+            .iter()
+            .filter(|o| o.kind == Kind::Request)
+            .count()
     }
 
     /// Queues a request (code and options set by the caller); the endpoint sets type, MID and
@@ -275,7 +283,11 @@ impl Endpoint {
                     deadline: now + self.params.max_transmit_wait(),
                 }
             };
-            trace!("coap: send request mid={} {}", packet.header.message_id, code::to_string(raw_code(&packet)));
+            trace!(
+                "coap: send request mid={} {}",
+                packet.header.message_id,
+                code::to_string(raw_code(&packet))
+            );
             self.active.push(Outgoing {
                 handle: q.handle,
                 kind: Kind::Request,
@@ -313,7 +325,10 @@ impl Endpoint {
         let bytes = match self.encode(&response) {
             Ok(b) => b,
             Err(e) => {
-                debug!("coap: response to mid={} not sendable ({e}); answering 5.00", req.mid);
+                debug!(
+                    "coap: response to mid={} not sendable ({e}); answering 5.00",
+                    req.mid
+                );
                 let mut fallback = Packet::new();
                 set_raw_code(&mut fallback, code::INTERNAL_SERVER_ERROR);
                 fallback.header.set_type(response.header.get_type());
@@ -363,7 +378,8 @@ impl Endpoint {
         let bytes = match self.encode(&packet) {
             Ok(b) => b,
             Err(error) => {
-                self.events.push_back(EndpointEvent::Failed { handle, error });
+                self.events
+                    .push_back(EndpointEvent::Failed { handle, error });
                 return handle;
             }
         };
@@ -443,18 +459,28 @@ impl Endpoint {
 
     /// Feeds one datagram from the peer. Malformed input is dropped (with a debug log) and
     /// changes nothing; the error says why.
-    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> Result<(), coap_lite::error::MessageError> {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Result<(), coap_lite::error::MessageError> {
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
         let packet = match Packet::from_bytes(bytes) {
             Ok(p) => p,
             Err(e) => {
-                debug!("coap: dropping malformed datagram ({} bytes): {e:?}", bytes.len());
+                debug!(
+                    "coap: dropping malformed datagram ({} bytes): {e:?}",
+                    bytes.len()
+                );
                 return Err(e);
             }
         };
         if packet.header.get_version() != 1 {
-            debug!("coap: dropping datagram with version {}", packet.header.get_version());
+            debug!(
+                "coap: dropping datagram with version {}",
+                packet.header.get_version()
+            );
             return Err(coap_lite::error::MessageError::InvalidHeader);
         }
         let mid = packet.header.message_id;
@@ -477,7 +503,10 @@ impl Endpoint {
                     }
                 }
             }
-            (MessageType::Acknowledgement, MessageClass::Response(_) | MessageClass::Reserved(_)) => {
+            (
+                MessageType::Acknowledgement,
+                MessageClass::Response(_) | MessageClass::Reserved(_),
+            ) => {
                 if let Some(i) = self.active.iter().position(|o| {
                     o.mid == mid && o.kind == Kind::Request && o.token == packet.get_token()
                 }) {
@@ -489,13 +518,19 @@ impl Endpoint {
             (MessageType::Acknowledgement, MessageClass::Request(_)) => {
                 debug!("coap: ignoring ACK carrying a request code");
             }
-            (ty @ (MessageType::Confirmable | MessageType::NonConfirmable), MessageClass::Empty) => {
+            (
+                ty @ (MessageType::Confirmable | MessageType::NonConfirmable),
+                MessageClass::Empty,
+            ) => {
                 if ty == MessageType::Confirmable {
                     // CoAP ping: answered with RST (RFC 7252 §4.3).
                     self.send_empty(MessageType::Reset, mid);
                 }
             }
-            (ty @ (MessageType::Confirmable | MessageType::NonConfirmable), MessageClass::Request(_)) => {
+            (
+                ty @ (MessageType::Confirmable | MessageType::NonConfirmable),
+                MessageClass::Request(_),
+            ) => {
                 let confirmable = ty == MessageType::Confirmable;
                 match self.cache.check(now, mid, self.params.exchange_lifetime()) {
                     Seen::Answered(resp) => {
@@ -504,12 +539,14 @@ impl Endpoint {
                         self.push_tx(resp);
                     }
                     Seen::Pending => trace!("coap: duplicate mid={mid} still pending, dropped"),
-                    Seen::New => self.events.push_back(EndpointEvent::Request(InboundRequest {
-                        mid,
-                        token: packet.get_token().to_vec(),
-                        confirmable,
-                        packet,
-                    })),
+                    Seen::New => self
+                        .events
+                        .push_back(EndpointEvent::Request(InboundRequest {
+                            mid,
+                            token: packet.get_token().to_vec(),
+                            confirmable,
+                            packet,
+                        })),
                 }
             }
             (ty @ (MessageType::Confirmable | MessageType::NonConfirmable), _) => {
@@ -523,9 +560,10 @@ impl Endpoint {
                     Seen::Pending => return Ok(()),
                     Seen::New => {}
                 }
-                let matched = self.active.iter().position(|o| {
-                    o.kind == Kind::Request && o.token == packet.get_token()
-                });
+                let matched = self
+                    .active
+                    .iter()
+                    .position(|o| o.kind == Kind::Request && o.token == packet.get_token());
                 match matched {
                     Some(i) => {
                         if confirmable {
@@ -566,7 +604,11 @@ impl Endpoint {
                         };
                         let bytes = self.active[i].bytes.clone();
                         self.stats.retransmissions += 1;
-                        trace!("coap: retransmit mid={} ({})", self.active[i].mid, retransmits + 1);
+                        trace!(
+                            "coap: retransmit mid={} ({})",
+                            self.active[i].mid,
+                            retransmits + 1
+                        );
                         self.push_tx(bytes);
                         i += 1;
                     } else {
@@ -640,7 +682,9 @@ mod tests {
     fn piggybacked_response_is_matched() {
         let (mut c, mut s) = pair();
         let t = Instant::ZERO;
-        let h = c.send_request(t, new_request(code::GET, "/3/0"), true).unwrap();
+        let h = c
+            .send_request(t, new_request(code::GET, "/3/0"), true)
+            .unwrap();
         deliver(&mut c, &mut s, t);
         let req = take_request(&mut s);
         let mut resp = new_response(code::CONTENT);
@@ -661,7 +705,9 @@ mod tests {
     fn retransmits_with_doubling_then_times_out() {
         let (mut c, _) = pair();
         let t0 = Instant::ZERO;
-        let h = c.send_request(t0, new_request(code::GET, "/x"), true).unwrap();
+        let h = c
+            .send_request(t0, new_request(code::GET, "/x"), true)
+            .unwrap();
         assert!(c.poll_transmit().is_some());
         let mut sends = 1;
         let mut last = t0;
@@ -691,7 +737,9 @@ mod tests {
     fn separate_response_after_empty_ack() {
         let (mut c, mut s) = pair();
         let t = Instant::ZERO;
-        let h = c.send_request(t, new_request(code::POST, "/est/sen"), true).unwrap();
+        let h = c
+            .send_request(t, new_request(code::POST, "/est/sen"), true)
+            .unwrap();
         deliver(&mut c, &mut s, t);
         let req = take_request(&mut s);
         s.accept_later(&req);
@@ -703,10 +751,15 @@ mod tests {
         assert!(c.poll_transmit().is_none());
         s.respond(t1, &req, new_response(code::CHANGED));
         deliver(&mut s, &mut c, t1);
-        assert!(matches!(c.poll_event(), Some(EndpointEvent::Response { handle, .. }) if handle == h));
+        assert!(
+            matches!(c.poll_event(), Some(EndpointEvent::Response { handle, .. }) if handle == h)
+        );
         // The client acknowledged the CON response; the server stops retransmitting.
         deliver(&mut c, &mut s, t1);
-        assert!(matches!(s.poll_event(), Some(EndpointEvent::Delivered { .. })));
+        assert!(matches!(
+            s.poll_event(),
+            Some(EndpointEvent::Delivered { .. })
+        ));
         assert!(s.is_idle());
     }
 
@@ -714,7 +767,8 @@ mod tests {
     fn duplicate_request_surfaces_once_and_is_answered_twice() {
         let (mut c, mut s) = pair();
         let t = Instant::ZERO;
-        c.send_request(t, new_request(code::GET, "/3/0/0"), true).unwrap();
+        c.send_request(t, new_request(code::GET, "/3/0/0"), true)
+            .unwrap();
         let d = c.poll_transmit().unwrap();
         s.handle_datagram(t, &d).unwrap();
         let req = take_request(&mut s);
@@ -729,12 +783,16 @@ mod tests {
     fn rst_fails_the_request_and_ping_gets_rst() {
         let (mut c, mut s) = pair();
         let t = Instant::ZERO;
-        let h = c.send_request(t, new_request(code::GET, "/x"), true).unwrap();
+        let h = c
+            .send_request(t, new_request(code::GET, "/x"), true)
+            .unwrap();
         let d = c.poll_transmit().unwrap();
         let p = Packet::from_bytes(&d).unwrap();
         let rst = empty_message(MessageType::Reset, p.header.message_id);
         c.handle_datagram(t, &rst.to_bytes().unwrap()).unwrap();
-        assert!(matches!(c.poll_event(), Some(EndpointEvent::Failed { handle, error: ExchangeError::Reset }) if handle == h));
+        assert!(
+            matches!(c.poll_event(), Some(EndpointEvent::Failed { handle, error: ExchangeError::Reset }) if handle == h)
+        );
 
         let ping = empty_message(MessageType::Confirmable, 99);
         s.handle_datagram(t, &ping.to_bytes().unwrap()).unwrap();
@@ -747,13 +805,18 @@ mod tests {
     fn nstart_one_queues_the_second_request() {
         let (mut c, mut s) = pair();
         let t = Instant::ZERO;
-        c.send_request(t, new_request(code::GET, "/a"), true).unwrap();
-        c.send_request(t, new_request(code::GET, "/b"), true).unwrap();
+        c.send_request(t, new_request(code::GET, "/a"), true)
+            .unwrap();
+        c.send_request(t, new_request(code::GET, "/b"), true)
+            .unwrap();
         assert_eq!(deliver(&mut c, &mut s, t), 1);
         let req = take_request(&mut s);
         s.respond(t, &req, new_response(code::CONTENT));
         deliver(&mut s, &mut c, t);
-        assert!(matches!(c.poll_event(), Some(EndpointEvent::Response { .. })));
+        assert!(matches!(
+            c.poll_event(),
+            Some(EndpointEvent::Response { .. })
+        ));
         assert_eq!(deliver(&mut c, &mut s, t), 1);
     }
 
@@ -761,7 +824,8 @@ mod tests {
     fn garbage_and_truncations_change_nothing() {
         let (mut c, _) = pair();
         let t = Instant::ZERO;
-        c.send_request(t, new_request(code::GET, "/3/0"), true).unwrap();
+        c.send_request(t, new_request(code::GET, "/3/0"), true)
+            .unwrap();
         let d = c.poll_transmit().unwrap();
         let mut rng = SeededRng::new(5);
         for len in 0..d.len() {
@@ -785,6 +849,9 @@ mod tests {
         let (mut c, _) = pair();
         let mut p = new_request(code::POST, "/big");
         p.payload = vec![0u8; 4000];
-        assert_eq!(c.send_request(Instant::ZERO, p, true), Err(ExchangeError::TooLarge));
+        assert_eq!(
+            c.send_request(Instant::ZERO, p, true),
+            Err(ExchangeError::TooLarge)
+        );
     }
 }

@@ -44,7 +44,9 @@ impl TxParams {
             } else {
                 self.ack_timeout
             },
-            ack_random_factor: if self.ack_random_factor.is_finite() && self.ack_random_factor >= 1.0 {
+            ack_random_factor: if self.ack_random_factor.is_finite()
+                && self.ack_random_factor >= 1.0
+            {
                 self.ack_random_factor
             } else {
                 d.ack_random_factor
@@ -57,13 +59,15 @@ impl TxParams {
     /// MAX_TRANSMIT_SPAN: first to last transmission of a confirmable message.
     pub fn max_transmit_span(&self) -> Duration {
         let factor = (1u64 << self.max_retransmit.min(30)) - 1;
-        self.ack_timeout.mul_f64(factor as f64 * self.ack_random_factor)
+        self.ack_timeout
+            .mul_f64(factor as f64 * self.ack_random_factor)
     }
 
     /// MAX_TRANSMIT_WAIT: first transmission to giving up on an acknowledgement.
     pub fn max_transmit_wait(&self) -> Duration {
         let factor = (1u64 << (self.max_retransmit.min(30) + 1)) - 1;
-        self.ack_timeout.mul_f64(factor as f64 * self.ack_random_factor)
+        self.ack_timeout
+            .mul_f64(factor as f64 * self.ack_random_factor)
     }
 
     /// EXCHANGE_LIFETIME: how long a message ID stays in use (and in the dedup cache).

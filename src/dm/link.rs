@@ -72,7 +72,9 @@ mod tests {
     #[test]
     fn registration_lists_objects_but_never_security() {
         let mut dm = DataModel::new();
-        dm.security.insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 1)).unwrap();
+        dm.security
+            .insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 1))
+            .unwrap();
         dm.server.insert(0, ServerInstance::new(1, 60)).unwrap();
         let p = registration_payload(&dm);
         assert!(!p.contains("</0"), "{p}");

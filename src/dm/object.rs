@@ -39,15 +39,30 @@ pub struct ResourceDef {
 
 impl ResourceDef {
     pub const fn single(rid: u16, kind: ValueKind, ops: Operations) -> Self {
-        ResourceDef { rid, kind, ops, multiple: false }
+        ResourceDef {
+            rid,
+            kind,
+            ops,
+            multiple: false,
+        }
     }
 
     pub const fn multiple(rid: u16, kind: ValueKind, ops: Operations) -> Self {
-        ResourceDef { rid, kind, ops, multiple: true }
+        ResourceDef {
+            rid,
+            kind,
+            ops,
+            multiple: true,
+        }
     }
 
     pub const fn executable(rid: u16) -> Self {
-        ResourceDef { rid, kind: ValueKind::None, ops: Operations::Execute, multiple: false }
+        ResourceDef {
+            rid,
+            kind: ValueKind::None,
+            ops: Operations::Execute,
+            multiple: false,
+        }
     }
 }
 

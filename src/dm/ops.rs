@@ -44,7 +44,12 @@ fn read_instance(dm: &DataModel, o: u16, i: u16) -> Result<InstanceData, DmError
 
 /// Reads `path` and encodes it in the requested (or default) content format.
 /// Returns the Content-Format used and the payload.
-pub fn read(dm: &DataModel, path: &Path, accept: Option<u16>, who: Requester) -> Result<(u16, Vec<u8>), DmError> {
+pub fn read(
+    dm: &DataModel,
+    path: &Path,
+    accept: Option<u16>,
+    who: Requester,
+) -> Result<(u16, Vec<u8>), DmError> {
     check_access(path, who)?;
     let o = path.oid().ok_or(DmError::MethodNotAllowed)?;
     let obj = dm.object(o).ok_or(DmError::NotFound)?;
@@ -53,7 +58,11 @@ pub fn read(dm: &DataModel, path: &Path, accept: Option<u16>, who: Requester) ->
             let mut items = Vec::new();
             for i in obj.instances() {
                 let data = read_instance(dm, o, i)?;
-                items.push(Tlv::parent(TlvType::ObjectInstance, i, resources_tlv(&data)));
+                items.push(Tlv::parent(
+                    TlvType::ObjectInstance,
+                    i,
+                    resources_tlv(&data),
+                ));
             }
             encode_hierarchical(accept, &items)
         }
@@ -84,7 +93,10 @@ pub fn read(dm: &DataModel, path: &Path, accept: Option<u16>, who: Requester) ->
                     encode_hierarchical(accept, &items)
                 }
                 (Some(ri), ResourceValue::Multiple(vs)) => {
-                    let (_, v) = vs.iter().find(|(id, _)| *id == ri).ok_or(DmError::NotFound)?;
+                    let (_, v) = vs
+                        .iter()
+                        .find(|(id, _)| *id == ri)
+                        .ok_or(DmError::NotFound)?;
                     encode_single(accept, ri, v, TlvType::ResourceInstance)
                 }
                 (Some(_), ResourceValue::Single(_)) => Err(DmError::NotFound),
@@ -119,7 +131,12 @@ fn encode_hierarchical(accept: Option<u16>, items: &[Tlv]) -> Result<(u16, Vec<u
     }
 }
 
-fn encode_single(accept: Option<u16>, id: u16, v: &Value, ty: TlvType) -> Result<(u16, Vec<u8>), DmError> {
+fn encode_single(
+    accept: Option<u16>,
+    id: u16,
+    v: &Value,
+    ty: TlvType,
+) -> Result<(u16, Vec<u8>), DmError> {
     let default = if matches!(v, Value::Opaque(_)) {
         cf::OCTET_STREAM
     } else {
@@ -140,9 +157,15 @@ fn encode_single(accept: Option<u16>, id: u16, v: &Value, ty: TlvType) -> Result
 }
 
 /// Executes `path` (a resource) with its argument bytes.
-pub fn execute(dm: &mut DataModel, path: &Path, args: &[u8], who: Requester) -> Result<(), DmError> {
+pub fn execute(
+    dm: &mut DataModel,
+    path: &Path,
+    args: &[u8],
+    who: Requester,
+) -> Result<(), DmError> {
     check_access(path, who)?;
-    let (Some(o), Some(i), Some(r), None) = (path.oid(), path.iid(), path.rid(), path.riid()) else {
+    let (Some(o), Some(i), Some(r), None) = (path.oid(), path.iid(), path.rid(), path.riid())
+    else {
         return Err(DmError::MethodNotAllowed);
     };
     let obj = dm.object_mut(o).ok_or(DmError::NotFound)?;
@@ -169,7 +192,9 @@ mod tests {
         let mut dm = DataModel::new();
         dm.device.manufacturer = "Estuary Labs".into();
         dm.device.model_number = "E1".into();
-        dm.security.insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 1)).unwrap();
+        dm.security
+            .insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 1))
+            .unwrap();
         dm.server.insert(0, ServerInstance::new(1, 60)).unwrap();
         dm
     }
@@ -189,22 +214,42 @@ mod tests {
         assert_eq!(f, cf::LWM2M_TLV);
         let items = tlv::decode(&p).unwrap();
         let manufacturer = items.iter().find(|t| t.id == 0).unwrap();
-        assert_eq!(manufacturer.body, tlv::TlvBody::Value(b"Estuary Labs".to_vec()));
+        assert_eq!(
+            manufacturer.body,
+            tlv::TlvBody::Value(b"Estuary Labs".to_vec())
+        );
         // Reboot (4) is executable, never read.
         assert!(items.iter().all(|t| t.id != 4));
         // Error Code (11) is a multiple resource.
-        assert!(items.iter().any(|t| t.id == 11 && t.ty == TlvType::MultipleResource));
+        assert!(items
+            .iter()
+            .any(|t| t.id == 11 && t.ty == TlvType::MultipleResource));
     }
 
     #[test]
     fn missing_paths_and_forbidden_objects() {
         let dm = model();
         let m = Requester::Management;
-        assert_eq!(read(&dm, &Path::resource(3, 0, 99), None, m), Err(DmError::NotFound));
-        assert_eq!(read(&dm, &Path::instance(3, 7), None, m), Err(DmError::NotFound));
-        assert_eq!(read(&dm, &Path::object(4242), None, m), Err(DmError::NotFound));
-        assert_eq!(read(&dm, &Path::object(0), None, m), Err(DmError::Unauthorized));
-        assert_eq!(read(&dm, &Path::resource(3, 0, 4), None, m), Err(DmError::MethodNotAllowed));
+        assert_eq!(
+            read(&dm, &Path::resource(3, 0, 99), None, m),
+            Err(DmError::NotFound)
+        );
+        assert_eq!(
+            read(&dm, &Path::instance(3, 7), None, m),
+            Err(DmError::NotFound)
+        );
+        assert_eq!(
+            read(&dm, &Path::object(4242), None, m),
+            Err(DmError::NotFound)
+        );
+        assert_eq!(
+            read(&dm, &Path::object(0), None, m),
+            Err(DmError::Unauthorized)
+        );
+        assert_eq!(
+            read(&dm, &Path::resource(3, 0, 4), None, m),
+            Err(DmError::MethodNotAllowed)
+        );
         assert!(read(&dm, &Path::object(0), None, Requester::Bootstrap).is_ok());
     }
 
@@ -213,19 +258,39 @@ mod tests {
         let dm = model();
         let m = Requester::Management;
         let p = Path::resource(3, 0, 0);
-        assert_eq!(read(&dm, &p, Some(cf::LWM2M_TLV), m).unwrap().0, cf::LWM2M_TLV);
-        assert_eq!(read(&dm, &p, Some(cf::OCTET_STREAM), m), Err(DmError::NotAcceptable));
-        assert_eq!(read(&dm, &Path::instance(3, 0), Some(cf::TEXT_PLAIN), m), Err(DmError::NotAcceptable));
+        assert_eq!(
+            read(&dm, &p, Some(cf::LWM2M_TLV), m).unwrap().0,
+            cf::LWM2M_TLV
+        );
+        assert_eq!(
+            read(&dm, &p, Some(cf::OCTET_STREAM), m),
+            Err(DmError::NotAcceptable)
+        );
+        assert_eq!(
+            read(&dm, &Path::instance(3, 0), Some(cf::TEXT_PLAIN), m),
+            Err(DmError::NotAcceptable)
+        );
         assert_eq!(read(&dm, &p, Some(9999), m), Err(DmError::NotAcceptable));
     }
 
     #[test]
     fn execute_reboot_sets_the_flag() {
         let mut dm = model();
-        execute(&mut dm, &Path::resource(3, 0, 4), b"", Requester::Management).unwrap();
+        execute(
+            &mut dm,
+            &Path::resource(3, 0, 4),
+            b"",
+            Requester::Management,
+        )
+        .unwrap();
         assert!(dm.device.take_reboot_request());
         assert_eq!(
-            execute(&mut dm, &Path::resource(3, 0, 0), b"", Requester::Management),
+            execute(
+                &mut dm,
+                &Path::resource(3, 0, 0),
+                b"",
+                Requester::Management
+            ),
             Err(DmError::MethodNotAllowed)
         );
     }

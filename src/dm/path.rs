@@ -19,27 +19,46 @@ pub enum PathError {
 }
 
 impl Path {
-    pub const ROOT: Path = Path { ids: [0; 4], len: 0 };
+    pub const ROOT: Path = Path {
+        ids: [0; 4],
+        len: 0,
+    };
 
     pub fn object(oid: u16) -> Path {
-        Path { ids: [oid, 0, 0, 0], len: 1 }
+        Path {
+            ids: [oid, 0, 0, 0],
+            len: 1,
+        }
     }
 
     pub fn instance(oid: u16, iid: u16) -> Path {
-        Path { ids: [oid, iid, 0, 0], len: 2 }
+        Path {
+            ids: [oid, iid, 0, 0],
+            len: 2,
+        }
     }
 
     pub fn resource(oid: u16, iid: u16, rid: u16) -> Path {
-        Path { ids: [oid, iid, rid, 0], len: 3 }
+        Path {
+            ids: [oid, iid, rid, 0],
+            len: 3,
+        }
     }
 
     pub fn resource_instance(oid: u16, iid: u16, rid: u16, riid: u16) -> Path {
-        Path { ids: [oid, iid, rid, riid], len: 4 }
+        Path {
+            ids: [oid, iid, rid, riid],
+            len: 4,
+        }
     }
 
     /// Parses URI path segments (as from Uri-Path options); 65535 is reserved and refused.
     pub fn from_segments<S: AsRef<str>>(segs: &[S]) -> Result<Path, PathError> {
-        let segs: Vec<&str> = segs.iter().map(|s| s.as_ref()).filter(|s| !s.is_empty()).collect();
+        let segs: Vec<&str> = segs
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| !s.is_empty())
+            .collect();
         if segs.len() > 4 {
             return Err(PathError::TooDeep);
         }
@@ -62,7 +81,8 @@ impl Path {
         Path::from_segments(&segs)
     }
 
-    pub fn len(&self) -> usize {
+    /// Number of levels: 0 for the root, 4 for a resource instance.
+    pub fn depth(&self) -> usize {
         self.len as usize
     }
 
@@ -88,7 +108,7 @@ impl Path {
 
     /// True if `other` is this path or lies below it.
     pub fn contains(&self, other: &Path) -> bool {
-        other.len >= self.len && self.ids[..self.len()] == other.ids[..self.len()]
+        other.len >= self.len && self.ids[..self.depth()] == other.ids[..self.depth()]
     }
 }
 
@@ -97,7 +117,7 @@ impl fmt::Display for Path {
         if self.len == 0 {
             return f.write_str("/");
         }
-        for id in &self.ids[..self.len()] {
+        for id in &self.ids[..self.depth()] {
             write!(f, "/{id}")?;
         }
         Ok(())

@@ -39,11 +39,19 @@ pub enum TlvError {
 
 impl Tlv {
     pub fn value(ty: TlvType, id: u16, v: &Value) -> Tlv {
-        Tlv { ty, id, body: TlvBody::Value(encode_value(v)) }
+        Tlv {
+            ty,
+            id,
+            body: TlvBody::Value(encode_value(v)),
+        }
     }
 
     pub fn parent(ty: TlvType, id: u16, children: Vec<Tlv>) -> Tlv {
-        Tlv { ty, id, body: TlvBody::Children(children) }
+        Tlv {
+            ty,
+            id,
+            body: TlvBody::Children(children),
+        }
     }
 }
 
@@ -100,7 +108,9 @@ pub fn decode_value(kind: ValueKind, b: &[u8]) -> Result<Value, TlvError> {
             _ => Value::Unsigned(u64::try_from(decode_int(b).ok_or_else(bad)?).map_err(|_| bad())?),
         },
         ValueKind::Float => match b.len() {
-            4 => Value::Float(f64::from(f32::from_be_bytes(b.try_into().map_err(|_| bad())?))),
+            4 => Value::Float(f64::from(f32::from_be_bytes(
+                b.try_into().map_err(|_| bad())?,
+            ))),
             8 => Value::Float(f64::from_be_bytes(b.try_into().map_err(|_| bad())?)),
             _ => return Err(bad()),
         },
@@ -110,7 +120,9 @@ pub fn decode_value(kind: ValueKind, b: &[u8]) -> Result<Value, TlvError> {
             _ => return Err(bad()),
         },
         ValueKind::Objlnk => match b {
-            [a, b2, c, d] => Value::Objlnk(u16::from_be_bytes([*a, *b2]), u16::from_be_bytes([*c, *d])),
+            [a, b2, c, d] => {
+                Value::Objlnk(u16::from_be_bytes([*a, *b2]), u16::from_be_bytes([*c, *d]))
+            }
             _ => return Err(bad()),
         },
         ValueKind::None => return Err(bad()),
@@ -204,7 +216,9 @@ fn decode_level(b: &mut &[u8], depth: u8) -> Result<Vec<Tlv>, TlvError> {
         };
         let len = match (t >> 3) & 0x03 {
             0 => usize::from(t & 0x07),
-            n => take(b, usize::from(n))?.iter().fold(0usize, |a, x| (a << 8) | usize::from(*x)),
+            n => take(b, usize::from(n))?
+                .iter()
+                .fold(0usize, |a, x| (a << 8) | usize::from(*x)),
         };
         let mut body = take(b, len)?;
         let body = match ty {
@@ -227,8 +241,16 @@ mod tests {
     #[test]
     fn golden_device_resources() {
         let items = vec![
-            Tlv::value(TlvType::Resource, 0, &Value::String("Open Mobile Alliance".into())),
-            Tlv::value(TlvType::Resource, 1, &Value::String("Lightweight M2M Client".into())),
+            Tlv::value(
+                TlvType::Resource,
+                0,
+                &Value::String("Open Mobile Alliance".into()),
+            ),
+            Tlv::value(
+                TlvType::Resource,
+                1,
+                &Value::String("Lightweight M2M Client".into()),
+            ),
             Tlv::value(TlvType::Resource, 2, &Value::String("345000123".into())),
             Tlv::value(TlvType::Resource, 3, &Value::String("1.0".into())),
         ];
@@ -250,7 +272,10 @@ mod tests {
                 Tlv::value(TlvType::ResourceInstance, 1, &Value::Integer(5)),
             ],
         );
-        assert_eq!(encode(&[t]), vec![0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05]);
+        assert_eq!(
+            encode(&[t]),
+            vec![0x86, 0x06, 0x41, 0x00, 0x01, 0x41, 0x01, 0x05]
+        );
     }
 
     #[test]
@@ -285,7 +310,11 @@ mod tests {
         let b = encode(&[Tlv::parent(
             TlvType::ObjectInstance,
             0,
-            vec![Tlv::value(TlvType::Resource, 0, &Value::String("abc".into()))],
+            vec![Tlv::value(
+                TlvType::Resource,
+                0,
+                &Value::String("abc".into()),
+            )],
         )]);
         for n in 0..b.len() {
             assert!(decode(&b[..n]).is_err() || n == 0);

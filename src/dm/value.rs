@@ -67,7 +67,9 @@ impl Value {
             ValueKind::Integer => Value::Integer(text.trim().parse().ok()?),
             ValueKind::Time => Value::Time(text.trim().parse().ok()?),
             ValueKind::Unsigned => Value::Unsigned(text.trim().parse().ok()?),
-            ValueKind::Float => Value::Float(text.trim().parse().ok().filter(|f: &f64| f.is_finite())?),
+            ValueKind::Float => {
+                Value::Float(text.trim().parse().ok().filter(|f: &f64| f.is_finite())?)
+            }
             ValueKind::Boolean => match text.trim() {
                 "1" => Value::Boolean(true),
                 "0" => Value::Boolean(false),

@@ -8,7 +8,10 @@ use core::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::coap::{self, code, content_format, Endpoint, EndpointEvent, ExchangeError, InboundRequest, RequestHandle};
+use crate::coap::{
+    self, code, content_format, Endpoint, EndpointEvent, ExchangeError, InboundRequest,
+    RequestHandle,
+};
 use crate::time::Instant;
 
 use super::uri::ServerUri;
@@ -17,11 +20,25 @@ use super::uri::ServerUri;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
     /// Not registered; the next attempt is due at `retry_at`.
-    Idle { retry_at: Instant },
-    Registering { handle: RequestHandle },
-    Registered { location: Vec<String>, update_at: Instant, expires_at: Instant },
-    Updating { handle: RequestHandle, location: Vec<String>, expires_at: Instant },
-    Deregistering { handle: RequestHandle },
+    Idle {
+        retry_at: Instant,
+    },
+    Registering {
+        handle: RequestHandle,
+    },
+    Registered {
+        location: Vec<String>,
+        update_at: Instant,
+        expires_at: Instant,
+    },
+    Updating {
+        handle: RequestHandle,
+        location: Vec<String>,
+        expires_at: Instant,
+    },
+    Deregistering {
+        handle: RequestHandle,
+    },
     Deregistered,
 }
 
@@ -83,7 +100,10 @@ impl ServerSession {
     }
 
     pub fn is_registered(&self) -> bool {
-        matches!(self.state, RegistrationState::Registered { .. } | RegistrationState::Updating { .. })
+        matches!(
+            self.state,
+            RegistrationState::Registered { .. } | RegistrationState::Updating { .. }
+        )
     }
 
     /// How long before expiry an Update is sent: half the lifetime for short lifetimes,
@@ -118,7 +138,13 @@ impl ServerSession {
         }
     }
 
-    fn send_update(&mut self, now: Instant, location: Vec<String>, expires_at: Instant, p: &RegistrationParams) {
+    fn send_update(
+        &mut self,
+        now: Instant,
+        location: Vec<String>,
+        expires_at: Instant,
+        p: &RegistrationParams,
+    ) {
         let mut req = coap::new_request(code::POST, &location.join("/"));
         let old = self.registered.as_ref();
         if old.is_none_or(|o| o.lifetime != p.lifetime) {
@@ -135,7 +161,11 @@ impl ServerSession {
             Ok(handle) => {
                 debug!("ssid={} Update sent", self.ssid);
                 self.pending = Some(p.clone());
-                self.state = RegistrationState::Updating { handle, location, expires_at };
+                self.state = RegistrationState::Updating {
+                    handle,
+                    location,
+                    expires_at,
+                };
             }
             Err(e) => {
                 self.fail(now, format!("Update could not be sent: {e}"));
@@ -148,10 +178,16 @@ impl ServerSession {
         let backoff = RETRY_BASE
             .saturating_mul(1u32 << self.failures.saturating_sub(1).min(16))
             .min(RETRY_MAX);
-        warn!("ssid={} registration failed ({reason}); retrying in {}s", self.ssid, backoff.as_secs());
+        warn!(
+            "ssid={} registration failed ({reason}); retrying in {}s",
+            self.ssid,
+            backoff.as_secs()
+        );
         self.registered = None;
         self.pending = None;
-        self.state = RegistrationState::Idle { retry_at: now + backoff };
+        self.state = RegistrationState::Idle {
+            retry_at: now + backoff,
+        };
         Some(SessionEvent::RegistrationFailed { reason })
     }
 
@@ -160,8 +196,14 @@ impl ServerSession {
     pub fn on_timeout(&mut self, now: Instant, params: &RegistrationParams) {
         self.endpoint.handle_timeout(now);
         match self.state.clone() {
-            RegistrationState::Idle { retry_at } if retry_at <= now => self.send_register(now, params),
-            RegistrationState::Registered { location, update_at, expires_at } => {
+            RegistrationState::Idle { retry_at } if retry_at <= now => {
+                self.send_register(now, params)
+            }
+            RegistrationState::Registered {
+                location,
+                update_at,
+                expires_at,
+            } => {
                 let changed = self.registered.as_ref() != Some(params);
                 if update_at <= now || changed || self.update_requested {
                     self.update_requested = false;
@@ -173,21 +215,35 @@ impl ServerSession {
     }
 
     /// Handles one endpoint event; inbound requests are handed back to the caller.
-    pub fn on_endpoint_event(&mut self, now: Instant, ev: EndpointEvent) -> (Option<SessionEvent>, Option<InboundRequest>) {
+    pub fn on_endpoint_event(
+        &mut self,
+        now: Instant,
+        ev: EndpointEvent,
+    ) -> (Option<SessionEvent>, Option<InboundRequest>) {
         match ev {
             EndpointEvent::Request(r) => (None, Some(r)),
             EndpointEvent::Delivered { .. } => (None, None),
-            EndpointEvent::Response { handle, packet } => (self.on_response(now, handle, &packet), None),
+            EndpointEvent::Response { handle, packet } => {
+                (self.on_response(now, handle, &packet), None)
+            }
             EndpointEvent::Failed { handle, error } => (self.on_failure(now, handle, error), None),
         }
     }
 
-    fn on_response(&mut self, now: Instant, handle: RequestHandle, packet: &coap::Packet) -> Option<SessionEvent> {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        handle: RequestHandle,
+        packet: &coap::Packet,
+    ) -> Option<SessionEvent> {
         let rc = coap::raw_code(packet);
         match self.state.clone() {
             RegistrationState::Registering { handle: h } if h == handle => {
                 if rc != code::CREATED {
-                    return self.fail(now, format!("server answered Register with {}", code::to_string(rc)));
+                    return self.fail(
+                        now,
+                        format!("server answered Register with {}", code::to_string(rc)),
+                    );
                 }
                 let location = match coap::location_path(packet) {
                     Some(l) if !l.is_empty() => l,
@@ -198,9 +254,15 @@ impl ServerSession {
                 self.registered = Some(params);
                 self.failures = 0;
                 info!("ssid={} registered at /{}", self.ssid, location.join("/"));
-                Some(SessionEvent::Registered { location: format!("/{}", location.join("/")) })
+                Some(SessionEvent::Registered {
+                    location: format!("/{}", location.join("/")),
+                })
             }
-            RegistrationState::Updating { handle: h, location, .. } if h == handle => {
+            RegistrationState::Updating {
+                handle: h,
+                location,
+                ..
+            } if h == handle => {
                 if code::is_success(rc) {
                     let params = self.pending.take()?;
                     self.enter_registered(now, location, &params);
@@ -209,7 +271,11 @@ impl ServerSession {
                     Some(SessionEvent::Updated)
                 } else {
                     // 4.04 means the server forgot us: register afresh (as for any other error).
-                    info!("ssid={} Update answered {}; registering again", self.ssid, code::to_string(rc));
+                    info!(
+                        "ssid={} Update answered {}; registering again",
+                        self.ssid,
+                        code::to_string(rc)
+                    );
                     self.registered = None;
                     self.pending = None;
                     self.state = RegistrationState::Idle { retry_at: now };
@@ -225,9 +291,16 @@ impl ServerSession {
         }
     }
 
-    fn on_failure(&mut self, now: Instant, handle: RequestHandle, error: ExchangeError) -> Option<SessionEvent> {
+    fn on_failure(
+        &mut self,
+        now: Instant,
+        handle: RequestHandle,
+        error: ExchangeError,
+    ) -> Option<SessionEvent> {
         match self.state.clone() {
-            RegistrationState::Registering { handle: h } if h == handle => self.fail(now, format!("Register: {error}")),
+            RegistrationState::Registering { handle: h } if h == handle => {
+                self.fail(now, format!("Register: {error}"))
+            }
             RegistrationState::Updating { handle: h, .. } if h == handle => {
                 // Re-register rather than give up: the registration may still be alive.
                 self.fail(now, format!("Update: {error}"))
@@ -252,7 +325,8 @@ impl ServerSession {
     /// Sends De-register if registered; otherwise ends the session at once.
     pub fn deregister(&mut self, now: Instant) {
         let location = match &self.state {
-            RegistrationState::Registered { location, .. } | RegistrationState::Updating { location, .. } => location.clone(),
+            RegistrationState::Registered { location, .. }
+            | RegistrationState::Updating { location, .. } => location.clone(),
             _ => {
                 self.endpoint.cancel_all();
                 self.state = RegistrationState::Deregistered;
@@ -260,7 +334,11 @@ impl ServerSession {
             }
         };
         self.endpoint.cancel_all();
-        match self.endpoint.send_request(now, coap::new_request(code::DELETE, &location.join("/")), true) {
+        match self.endpoint.send_request(
+            now,
+            coap::new_request(code::DELETE, &location.join("/")),
+            true,
+        ) {
             Ok(handle) => self.state = RegistrationState::Deregistering { handle },
             Err(_) => self.state = RegistrationState::Deregistered,
         }
@@ -273,6 +351,9 @@ impl ServerSession {
             RegistrationState::Registered { update_at, .. } => Some(*update_at),
             _ => None,
         };
-        [own, self.endpoint.poll_timeout()].into_iter().flatten().min()
+        [own, self.endpoint.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

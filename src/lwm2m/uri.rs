@@ -59,7 +59,10 @@ impl ServerUri {
 }
 
 fn parse_port(p: &str) -> Result<u16, UriError> {
-    p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(UriError::Port)
+    p.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(UriError::Port)
 }
 
 impl fmt::Display for ServerUri {
@@ -80,7 +83,10 @@ mod tests {
     #[test]
     fn parses_the_usual_forms() {
         let u = ServerUri::parse("coap://127.0.0.1:5683").unwrap();
-        assert_eq!((u.secure, u.host.as_str(), u.port), (false, "127.0.0.1", 5683));
+        assert_eq!(
+            (u.secure, u.host.as_str(), u.port),
+            (false, "127.0.0.1", 5683)
+        );
         assert_eq!(ServerUri::parse("coaps://example.com").unwrap().port, 5684);
         let v6 = ServerUri::parse("coap://[::1]:5700").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 5700));
@@ -89,7 +95,15 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for s in ["http://h", "coap://", "coap://h:0", "coap://h:99999", "coap://h/rd", "coap://[::1", "coap://h x"] {
+        for s in [
+            "http://h",
+            "coap://",
+            "coap://h:0",
+            "coap://h:99999",
+            "coap://h/rd",
+            "coap://[::1",
+            "coap://h x",
+        ] {
             assert!(ServerUri::parse(s).is_err(), "{s}");
         }
     }

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use estuary::coap::{self, code, content_format, Endpoint, EndpointEvent, InboundRequest, RequestHandle, TxParams};
+use estuary::coap::{
+    self, code, content_format, Endpoint, EndpointEvent, InboundRequest, RequestHandle, TxParams,
+};
 use estuary::dm::link;
 use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
@@ -47,13 +49,28 @@ pub struct OpResult {
 /// What happened on the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
-    Registered { endpoint: String, location: String, lifetime: u32, peer: SocketAddr },
-    Updated { endpoint: String },
-    Deregistered { endpoint: String },
+    Registered {
+        endpoint: String,
+        location: String,
+        lifetime: u32,
+        peer: SocketAddr,
+    },
+    Updated {
+        endpoint: String,
+    },
+    Deregistered {
+        endpoint: String,
+    },
     /// The registration lifetime ran out without an Update.
-    Expired { endpoint: String },
+    Expired {
+        endpoint: String,
+    },
     /// A Read (or other operation) finished, with the response or why it failed.
-    OpFinished { op: OpId, endpoint: String, result: Result<OpResult, String> },
+    OpFinished {
+        op: OpId,
+        endpoint: String,
+        result: Result<OpResult, String>,
+    },
 }
 
 /// Why an operation could not be started.
@@ -141,14 +158,18 @@ impl Lwm2mServer {
             .collect();
         for k in expired {
             if let Some(r) = self.registrations.remove(&k) {
-                self.events.push_back(ServerEvent::Expired { endpoint: r.endpoint });
+                self.events.push_back(ServerEvent::Expired {
+                    endpoint: r.endpoint,
+                });
             }
         }
     }
 
     fn drain(&mut self, now: Now, peer: SocketAddr) {
         loop {
-            let Some(ep) = self.peers.get_mut(&peer) else { return };
+            let Some(ep) = self.peers.get_mut(&peer) else {
+                return;
+            };
             let ev = ep.poll_event();
             while let Some(d) = ep.poll_transmit() {
                 self.tx.push_back((peer, d));
@@ -168,12 +189,20 @@ impl Lwm2mServer {
                             content_format: coap::content_format_of(&packet),
                             payload: packet.payload,
                         });
-                        self.events.push_back(ServerEvent::OpFinished { op, endpoint, result });
+                        self.events.push_back(ServerEvent::OpFinished {
+                            op,
+                            endpoint,
+                            result,
+                        });
                     }
                 }
                 EndpointEvent::Failed { handle, error } => {
                     if let Some((op, endpoint)) = self.ops.remove(&(peer, handle)) {
-                        self.events.push_back(ServerEvent::OpFinished { op, endpoint, result: Err(error.to_string()) });
+                        self.events.push_back(ServerEvent::OpFinished {
+                            op,
+                            endpoint,
+                            result: Err(error.to_string()),
+                        });
                     }
                 }
                 EndpointEvent::Delivered { .. } => {}
@@ -195,8 +224,18 @@ impl Lwm2mServer {
         }
     }
 
-    fn register(&mut self, now: Now, peer: SocketAddr, query: &[String], payload: &[u8]) -> coap::Packet {
-        let q = |k: &str| query.iter().find_map(|s| s.strip_prefix(k).and_then(|r| r.strip_prefix('=')));
+    fn register(
+        &mut self,
+        now: Now,
+        peer: SocketAddr,
+        query: &[String],
+        payload: &[u8],
+    ) -> coap::Packet {
+        let q = |k: &str| {
+            query
+                .iter()
+                .find_map(|s| s.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+        };
         let Some(ep) = q("ep").filter(|e| !e.is_empty()) else {
             debug!("Register without ep= from {peer}");
             return coap::new_response(code::BAD_REQUEST);
@@ -234,15 +273,31 @@ impl Lwm2mServer {
                 expires_at: now.mono + Duration::from_secs(u64::from(lifetime)),
             },
         );
-        self.events.push_back(ServerEvent::Registered { endpoint: ep, location, lifetime, peer });
+        self.events.push_back(ServerEvent::Registered {
+            endpoint: ep,
+            location,
+            lifetime,
+            peer,
+        });
         let mut r = coap::new_response(code::CREATED);
         r.add_option(coap::CoapOption::LocationPath, b"rd".to_vec());
         r.add_option(coap::CoapOption::LocationPath, id.to_string().into_bytes());
         r
     }
 
-    fn update(&mut self, now: Now, peer: SocketAddr, id: &str, query: &[String], payload: &[u8]) -> coap::Packet {
-        let Some(reg) = id.parse::<u32>().ok().and_then(|id| self.registrations.get_mut(&id)) else {
+    fn update(
+        &mut self,
+        now: Now,
+        peer: SocketAddr,
+        id: &str,
+        query: &[String],
+        payload: &[u8],
+    ) -> coap::Packet {
+        let Some(reg) = id
+            .parse::<u32>()
+            .ok()
+            .and_then(|id| self.registrations.get_mut(&id))
+        else {
             return coap::new_response(code::NOT_FOUND);
         };
         for item in query {
@@ -264,14 +319,22 @@ impl Lwm2mServer {
         reg.peer = peer;
         reg.last_update = now.utc;
         reg.expires_at = now.mono + Duration::from_secs(u64::from(reg.lifetime));
-        self.events.push_back(ServerEvent::Updated { endpoint: reg.endpoint.clone() });
+        self.events.push_back(ServerEvent::Updated {
+            endpoint: reg.endpoint.clone(),
+        });
         coap::new_response(code::CHANGED)
     }
 
     fn deregister(&mut self, id: &str) -> coap::Packet {
-        match id.parse::<u32>().ok().and_then(|id| self.registrations.remove(&id)) {
+        match id
+            .parse::<u32>()
+            .ok()
+            .and_then(|id| self.registrations.remove(&id))
+        {
             Some(r) => {
-                self.events.push_back(ServerEvent::Deregistered { endpoint: r.endpoint });
+                self.events.push_back(ServerEvent::Deregistered {
+                    endpoint: r.endpoint,
+                });
                 coap::new_response(code::DELETED)
             }
             None => coap::new_response(code::NOT_FOUND),
@@ -280,8 +343,15 @@ impl Lwm2mServer {
 
     /// Sends a Read of `path` (e.g. "/3/0/0") to a registered client, with an optional
     /// Accept content format; the answer arrives as [`ServerEvent::OpFinished`].
-    pub fn read(&mut self, now: Now, endpoint: &str, path: &str, accept: Option<u16>) -> Result<OpId, OpError> {
-        let parsed = estuary::dm::Path::parse(path).map_err(|_| OpError::BadPath(path.to_string()))?;
+    pub fn read(
+        &mut self,
+        now: Now,
+        endpoint: &str,
+        path: &str,
+        accept: Option<u16>,
+    ) -> Result<OpId, OpError> {
+        let parsed =
+            estuary::dm::Path::parse(path).map_err(|_| OpError::BadPath(path.to_string()))?;
         let peer = self
             .registration(endpoint)
             .map(|r| r.peer)
@@ -306,8 +376,16 @@ impl Lwm2mServer {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let reg = self.registrations.values().map(|r| r.expires_at + EXPIRY_GRACE).min();
-        self.peers.values().filter_map(|e| e.poll_timeout()).chain(reg).min()
+        let reg = self
+            .registrations
+            .values()
+            .map(|r| r.expires_at + EXPIRY_GRACE)
+            .min();
+        self.peers
+            .values()
+            .filter_map(|e| e.poll_timeout())
+            .chain(reg)
+            .min()
     }
 
     pub fn poll_event(&mut self) -> Option<ServerEvent> {

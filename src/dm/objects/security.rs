@@ -73,10 +73,14 @@ impl SecurityInstance {
 
     fn validate(&self) -> Result<(), InstanceError> {
         if crate::lwm2m::uri::ServerUri::parse(&self.server_uri).is_err() {
-            return Err(InstanceError::Invalid("server URI is not a coap:// or coaps:// URI"));
+            return Err(InstanceError::Invalid(
+                "server URI is not a coap:// or coaps:// URI",
+            ));
         }
         if !self.bootstrap_server && self.ssid.is_none_or(|s| s == 0 || s == u16::MAX) {
-            return Err(InstanceError::Invalid("a management account needs an SSID in 1..=65534"));
+            return Err(InstanceError::Invalid(
+                "a management account needs an SSID in 1..=65534",
+            ));
         }
         Ok(())
     }
@@ -106,10 +110,16 @@ impl SecurityObject {
         self.insert_at(Some(iid), inst)
     }
 
-    pub fn insert_at(&mut self, iid: Option<u16>, inst: SecurityInstance) -> Result<u16, InstanceError> {
+    pub fn insert_at(
+        &mut self,
+        iid: Option<u16>,
+        inst: SecurityInstance,
+    ) -> Result<u16, InstanceError> {
         inst.validate()?;
         let iid = match iid {
-            Some(i) if i == u16::MAX => return Err(InstanceError::Invalid("instance ID 65535 is reserved")),
+            Some(i) if i == u16::MAX => {
+                return Err(InstanceError::Invalid("instance ID 65535 is reserved"))
+            }
             Some(i) => i,
             None => free_iid(self.instances.keys().copied()).ok_or(InstanceError::Full)?,
         };
@@ -117,12 +127,18 @@ impl SecurityObject {
             return Err(InstanceError::IdTaken(iid));
         }
         if let Some(ssid) = inst.ssid.filter(|_| !inst.bootstrap_server) {
-            if self.instances.values().any(|i| !i.bootstrap_server && i.ssid == Some(ssid)) {
+            if self
+                .instances
+                .values()
+                .any(|i| !i.bootstrap_server && i.ssid == Some(ssid))
+            {
                 return Err(InstanceError::SsidTaken(ssid));
             }
         }
         if inst.bootstrap_server && self.instances.values().any(|i| i.bootstrap_server) {
-            return Err(InstanceError::Invalid("only one bootstrap account is allowed"));
+            return Err(InstanceError::Invalid(
+                "only one bootstrap account is allowed",
+            ));
         }
         self.instances.insert(iid, inst);
         Ok(iid)
@@ -180,7 +196,10 @@ impl Object for SecurityObject {
             5 => Value::Opaque(i.private_cert_or_psk_key.clone()),
             10 => Value::Integer(i64::from(i.ssid.ok_or(DmError::NotFound)?)),
             11 => Value::Integer(i.client_holdoff_time.ok_or(DmError::NotFound)?),
-            12 => Value::Integer(i.bootstrap_server_account_timeout.ok_or(DmError::NotFound)?),
+            12 => Value::Integer(
+                i.bootstrap_server_account_timeout
+                    .ok_or(DmError::NotFound)?,
+            ),
             _ => return Err(DmError::NotFound),
         };
         Ok(ResourceValue::Single(v))
@@ -194,13 +213,17 @@ mod tests {
     #[test]
     fn ssid_collisions_and_bad_uris_are_refused() {
         let mut o = SecurityObject::default();
-        o.insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 1)).unwrap();
+        o.insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 1))
+            .unwrap();
         assert_eq!(
             o.insert(1, SecurityInstance::nosec("coap://127.0.0.1:5684", 1)),
             Err(InstanceError::SsidTaken(1))
         );
         assert!(o.insert(2, SecurityInstance::nosec("http://x", 2)).is_err());
-        assert_eq!(o.insert_at(None, SecurityInstance::nosec("coap://h", 3)), Ok(1));
+        assert_eq!(
+            o.insert_at(None, SecurityInstance::nosec("coap://h", 3)),
+            Ok(1)
+        );
         assert_eq!(o.instances(), vec![0, 1]);
     }
 }

@@ -42,7 +42,9 @@ impl ServerInstance {
             return Err(InstanceError::Invalid("lifetime must be positive"));
         }
         if self.binding.is_empty() || !self.binding.chars().all(|c| "UTSNQ".contains(c)) {
-            return Err(InstanceError::Invalid("binding must be made of U, T, S, N, Q"));
+            return Err(InstanceError::Invalid(
+                "binding must be made of U, T, S, N, Q",
+            ));
         }
         Ok(())
     }
@@ -72,10 +74,16 @@ impl ServerObject {
         self.insert_at(Some(iid), inst)
     }
 
-    pub fn insert_at(&mut self, iid: Option<u16>, inst: ServerInstance) -> Result<u16, InstanceError> {
+    pub fn insert_at(
+        &mut self,
+        iid: Option<u16>,
+        inst: ServerInstance,
+    ) -> Result<u16, InstanceError> {
         inst.validate()?;
         let iid = match iid {
-            Some(i) if i == u16::MAX => return Err(InstanceError::Invalid("instance ID 65535 is reserved")),
+            Some(i) if i == u16::MAX => {
+                return Err(InstanceError::Invalid("instance ID 65535 is reserved"))
+            }
             Some(i) => i,
             None => free_iid(self.instances.keys().copied()).ok_or(InstanceError::Full)?,
         };
