@@ -206,14 +206,16 @@ impl Client {
         Ok(())
     }
 
-    fn registration_params(&self, ssid: u16) -> Option<RegistrationParams> {
+    /// What a Register or Update to `ssid` must carry; `object_links` is computed once per
+    /// drive by the caller since it is the same for every server.
+    fn registration_params(&self, ssid: u16, object_links: &str) -> Option<RegistrationParams> {
         let srv = self.dm.server.by_ssid(ssid)?;
         Some(RegistrationParams {
             endpoint_name: self.cfg.endpoint_name.clone(),
             lifetime: u32::try_from(srv.lifetime).unwrap_or(u32::MAX),
             binding: srv.binding.clone(),
             lwm2m_version: "1.1",
-            object_links: link::registration_payload(&self.dm),
+            object_links: object_links.to_string(),
         })
     }
 
@@ -324,11 +326,13 @@ impl Client {
                 s.request_update();
             }
         }
+        let links = link::registration_payload(&self.dm);
         for i in 0..self.sessions.len() {
             let ssid = self.sessions[i].ssid;
+            let params = self.registration_params(ssid, &links);
             if !self.shutting_down {
-                if let Some(params) = self.registration_params(ssid) {
-                    self.sessions[i].on_timeout(now.mono, &params);
+                if let Some(params) = &params {
+                    self.sessions[i].on_timeout(now.mono, params);
                 }
             } else {
                 self.sessions[i].endpoint.handle_timeout(now.mono);
@@ -354,8 +358,8 @@ impl Client {
             }
             // A state change (e.g. Update answered 4.04) may make more work due now.
             if !self.shutting_down {
-                if let Some(params) = self.registration_params(ssid) {
-                    self.sessions[i].on_timeout(now.mono, &params);
+                if let Some(params) = &params {
+                    self.sessions[i].on_timeout(now.mono, params);
                 }
             }
         }
