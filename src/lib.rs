@@ -9,6 +9,7 @@ pub mod client;
 pub mod coap;
 pub mod crypto;
 pub mod dm;
+pub mod dtls;
 pub mod error;
 pub mod ffi;
 pub mod io;

@@ -141,7 +141,11 @@ int main(int argc, char **argv) {
 
 finish:
     /* De-registers from the server (bounded wait) and frees everything. */
-    estuary_delete(g_estuary);
-    g_estuary = NULL;
+    {
+        /* Clear the global first so the signal handler never sees a freed handle. */
+        estuary_t *estuary = g_estuary;
+        g_estuary = NULL;
+        estuary_delete(estuary);
+    }
     return result;
 }

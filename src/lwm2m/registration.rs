@@ -79,6 +79,9 @@ pub struct ServerSession {
     pending: Option<RegistrationParams>,
     failures: u32,
     update_requested: bool,
+    /// When the Register or Update in flight was sent: the server starts the lifetime when
+    /// it receives it, which is no earlier, so the lifetime is counted from here.
+    sent_at: Instant,
 }
 
 impl ServerSession {
@@ -92,6 +95,7 @@ impl ServerSession {
             pending: None,
             failures: 0,
             update_requested: false,
+            sent_at: now,
         }
     }
 
@@ -130,6 +134,7 @@ impl ServerSession {
             Ok(handle) => {
                 debug!("ssid={} Register sent to {}", self.ssid, self.uri);
                 self.pending = Some(p.clone());
+                self.sent_at = now;
                 self.state = RegistrationState::Registering { handle };
             }
             Err(e) => {
@@ -161,6 +166,7 @@ impl ServerSession {
             Ok(handle) => {
                 debug!("ssid={} Update sent", self.ssid);
                 self.pending = Some(p.clone());
+                self.sent_at = now;
                 self.state = RegistrationState::Updating {
                     handle,
                     location,
@@ -250,7 +256,7 @@ impl ServerSession {
                     _ => return self.fail(now, "Register response has no Location-Path".into()),
                 };
                 let params = self.pending.take()?;
-                self.enter_registered(now, location.clone(), &params);
+                self.enter_registered(self.sent_at, location.clone(), &params);
                 self.registered = Some(params);
                 self.failures = 0;
                 info!("ssid={} registered at /{}", self.ssid, location.join("/"));
@@ -265,7 +271,7 @@ impl ServerSession {
             } if h == handle => {
                 if code::is_success(rc) {
                     let params = self.pending.take()?;
-                    self.enter_registered(now, location, &params);
+                    self.enter_registered(self.sent_at, location, &params);
                     self.registered = Some(params);
                     debug!("ssid={} registration updated", self.ssid);
                     Some(SessionEvent::Updated)

@@ -1,0 +1,548 @@
+/*
+ * The C API contract, checked from C: every pointer argument refuses NULL with its
+ * ESTUARY_ERR_* code (or NULL), invalid strings and instance structs are refused without
+ * changing anything, every refusal produces a log line naming the function, and the event
+ * loop starts, talks UDP, and stops on an interrupt from a signal handler or a thread.
+ *
+ * Built with -Wall -Wextra -Werror and run by tests/c_api.rs. Exits 0 when every check
+ * passes; prints each failed check and exits 1 otherwise.
+ */
+#include <estuary.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static int g_checks;
+static int g_failures;
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        g_checks++;                                                            \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            g_failures++;                                                      \
+        }                                                                      \
+    } while (0)
+
+#define CHECK_RC(expr, expected)                                               \
+    do {                                                                       \
+        int rc_ = (expr);                                                      \
+        g_checks++;                                                            \
+        if (rc_ != (expected)) {                                               \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n",       \
+                    __FILE__, __LINE__, #expr, rc_, estuary_error_name(rc_),   \
+                    #expected);                                                \
+            g_failures++;                                                      \
+        }                                                                      \
+    } while (0)
+
+/* ---- logging ----------------------------------------------------------- */
+
+static struct {
+    int count;
+    int last_level;
+    char last_module[128];
+    char last_message[512];
+} g_log;
+
+static void log_handler(estuary_log_level_t level, const char *module,
+                        const char *message, void *arg) {
+    int *calls = (int *) arg;
+    ++*calls;
+    g_log.count++;
+    g_log.last_level = level;
+    snprintf(g_log.last_module, sizeof(g_log.last_module), "%s", module);
+    snprintf(g_log.last_message, sizeof(g_log.last_message), "%s", message);
+    fprintf(stderr, "[log %d] %s: %s\n", level, module, message);
+}
+
+/* `expr` (an int call) returns `code`, and logs an ERROR line naming `fn`. */
+#define CHECK_REFUSED(expr, code, fn)                                          \
+    do {                                                                       \
+        int before_ = g_log.count;                                             \
+        CHECK_RC(expr, code);                                                  \
+        CHECK(g_log.count > before_);                                          \
+        CHECK(g_log.last_level == ESTUARY_LOG_ERROR);                          \
+        CHECK(strstr(g_log.last_message, fn) != NULL);                         \
+    } while (0)
+
+/* `expr` (a constructor) returns NULL and logs an ERROR line naming `fn`. */
+#define CHECK_NULL_LOGGED(expr, fn)                                            \
+    do {                                                                       \
+        int before_ = g_log.count;                                             \
+        CHECK((expr) == NULL);                                                 \
+        CHECK(g_log.count > before_);                                          \
+        CHECK(strstr(g_log.last_message, fn) != NULL);                         \
+    } while (0)
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* A UDP socket on 127.0.0.1 playing the LwM2M server; its URI in `uri`. */
+static int fake_server(char *uri, size_t uri_size) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd < 0 || bind(fd, (struct sockaddr *) &addr, sizeof(addr)) != 0
+            || getsockname(fd, (struct sockaddr *) &addr, &len) != 0) {
+        perror("fake server");
+        exit(2);
+    }
+    snprintf(uri, uri_size, "coap://127.0.0.1:%u", ntohs(addr.sin_port));
+    return fd;
+}
+
+static bool contains(const unsigned char *buf, size_t len, const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= len; i++) {
+        if (memcmp(buf + i, needle, n) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static estuary_t *g_estuary;
+
+static void on_alarm(int sig) {
+    (void) sig;
+    estuary_event_loop_interrupt(g_estuary);
+}
+
+static void *interrupt_later(void *arg) {
+    usleep(100 * 1000);
+    estuary_event_loop_interrupt((estuary_t *) arg);
+    return NULL;
+}
+
+static estuary_security_instance_t nosec_account(const char *uri,
+                                                 estuary_ssid_t ssid) {
+    estuary_security_instance_t s;
+    memset(&s, 0, sizeof(s));
+    s.ssid = ssid;
+    s.server_uri = uri;
+    s.security_mode = ESTUARY_SECURITY_NOSEC;
+    s.client_holdoff_s = -1;
+    s.bootstrap_timeout_s = -1;
+    return s;
+}
+
+static estuary_server_instance_t server_account(estuary_ssid_t ssid) {
+    estuary_server_instance_t s;
+    memset(&s, 0, sizeof(s));
+    s.ssid = ssid;
+    s.lifetime = 60;
+    s.default_min_period = -1;
+    s.default_max_period = -1;
+    s.disable_timeout = -1;
+    s.binding = "U";
+    return s;
+}
+
+/* ---- the checks -------------------------------------------------------- */
+
+static void check_codes_and_time(void) {
+    CHECK(ESTUARY_ERR_BAD_REQUEST == -128);
+    CHECK(ESTUARY_ERR_UNAUTHORIZED == -129);
+    CHECK(ESTUARY_ERR_NOT_FOUND == -132);
+    CHECK(ESTUARY_ERR_METHOD_NOT_ALLOWED == -133);
+    CHECK(ESTUARY_ERR_INTERNAL_SERVER_ERROR == -160);
+    CHECK(ESTUARY_ERR_NULL_ARGUMENT < 0 && ESTUARY_ERR_NULL_ARGUMENT > -100);
+    CHECK(ESTUARY_ERR_INTERNAL != ESTUARY_ERR_INTERNAL_SERVER_ERROR);
+    CHECK(strcmp(estuary_error_name(ESTUARY_ERR_NOT_FOUND),
+                 "ESTUARY_ERR_NOT_FOUND") == 0);
+    CHECK(strcmp(estuary_error_name(1234), "unknown") == 0);
+
+    estuary_time_duration_t week =
+            estuary_time_duration_from_scalar(7, ESTUARY_TIME_DAY);
+    CHECK(week.seconds == 604800 && week.nanoseconds == 0);
+    estuary_time_duration_t minus_ms =
+            estuary_time_duration_from_scalar(-1, ESTUARY_TIME_MS);
+    CHECK(minus_ms.seconds == -1 && minus_ms.nanoseconds == 999000000);
+    estuary_time_duration_t us = estuary_time_duration_from_scalar(1500, ESTUARY_TIME_US);
+    CHECK(us.seconds == 0 && us.nanoseconds == 1500000);
+    CHECK(estuary_time_duration_is_valid(ESTUARY_TIME_DURATION_ZERO));
+    CHECK(!estuary_time_duration_is_valid(ESTUARY_TIME_DURATION_INVALID));
+    int before = g_log.count;
+    CHECK(!estuary_time_duration_is_valid(estuary_time_duration_from_scalar(1, 99)));
+    CHECK(g_log.count > before);
+    CHECK(!estuary_time_duration_is_valid(
+            estuary_time_duration_from_scalar(INT64_MAX, ESTUARY_TIME_DAY)));
+
+    CHECK_REFUSED(estuary_set_log_level(42), ESTUARY_ERR_INVALID_ARGUMENT,
+                  "estuary_set_log_level");
+    CHECK_RC(estuary_set_log_level(ESTUARY_LOG_INFO), 0);
+}
+
+static void check_new(void) {
+    CHECK_NULL_LOGGED(estuary_new(NULL), "estuary_new");
+
+    estuary_configuration_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    CHECK_NULL_LOGGED(estuary_new(&cfg), "estuary_new"); /* NULL endpoint_name */
+    cfg.endpoint_name = "\xff\xfe-not-utf8";
+    CHECK_NULL_LOGGED(estuary_new(&cfg), "estuary_new");
+    cfg.endpoint_name = "has space";
+    CHECK_NULL_LOGGED(estuary_new(&cfg), "estuary_new");
+    cfg.endpoint_name = "contract";
+    cfg.in_buffer_size = 16; /* below the minimum */
+    CHECK_NULL_LOGGED(estuary_new(&cfg), "estuary_new");
+    cfg.in_buffer_size = 0;
+    estuary_coap_udp_tx_params_t tx = ESTUARY_COAP_UDP_TX_PARAMS_DEFAULT;
+    tx.ack_random_factor = 0.5;
+    cfg.udp_tx_params = &tx;
+    CHECK_NULL_LOGGED(estuary_new(&cfg), "estuary_new");
+    tx.ack_random_factor = 1.5;
+    tx.ack_timeout = estuary_time_duration_from_scalar(-5, ESTUARY_TIME_S);
+    CHECK_NULL_LOGGED(estuary_new(&cfg), "estuary_new");
+
+    tx = ESTUARY_COAP_UDP_TX_PARAMS_DEFAULT;
+    cfg.prng_seed = 42;
+    estuary_t *e = estuary_new(&cfg);
+    CHECK(e != NULL);
+    estuary_delete(e);
+}
+
+static void check_null_handles(void) {
+    estuary_security_instance_t sec = nosec_account("coap://127.0.0.1", 1);
+    estuary_server_instance_t srv = server_account(1);
+    estuary_device_object_config_t dev;
+    memset(&dev, 0, sizeof(dev));
+    estuary_iid_t iid = ESTUARY_ID_INVALID;
+
+    CHECK_REFUSED(estuary_security_object_install(NULL), ESTUARY_ERR_NULL_ARGUMENT,
+                  "estuary_security_object_install");
+    CHECK_REFUSED(estuary_security_object_add_instance(NULL, &sec, &iid),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_security_object_add_instance");
+    CHECK_REFUSED(estuary_security_object_purge(NULL), ESTUARY_ERR_NULL_ARGUMENT,
+                  "estuary_security_object_purge");
+    CHECK_REFUSED(estuary_server_object_install(NULL), ESTUARY_ERR_NULL_ARGUMENT,
+                  "estuary_server_object_install");
+    CHECK_REFUSED(estuary_server_object_add_instance(NULL, &srv, &iid),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_server_object_add_instance");
+    CHECK_REFUSED(estuary_server_object_purge(NULL), ESTUARY_ERR_NULL_ARGUMENT,
+                  "estuary_server_object_purge");
+    CHECK_REFUSED(estuary_device_object_install(NULL, &dev), ESTUARY_ERR_NULL_ARGUMENT,
+                  "estuary_device_object_install");
+    CHECK_REFUSED(estuary_event_loop_run(NULL, ESTUARY_TIME_DURATION_ZERO),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_event_loop_run");
+    CHECK_REFUSED(estuary_schedule_registration_update(NULL, ESTUARY_SSID_ANY),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_schedule_registration_update");
+    CHECK(iid == ESTUARY_ID_INVALID);
+
+    /* Async-signal-safe, so no log line. */
+    int before = g_log.count;
+    CHECK_RC(estuary_event_loop_interrupt(NULL), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK(g_log.count == before);
+
+    estuary_delete(NULL); /* like free(NULL) */
+    CHECK(g_log.count == before);
+}
+
+static void check_objects(estuary_t *e) {
+    estuary_iid_t iid = ESTUARY_ID_INVALID;
+    estuary_security_instance_t sec = nosec_account("coap://127.0.0.1:5683", 1);
+
+    /* NULL pointers other than the handle. */
+    CHECK_REFUSED(estuary_security_object_add_instance(e, NULL, &iid),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_security_object_add_instance");
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &sec, NULL),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_security_object_add_instance");
+    CHECK_REFUSED(estuary_server_object_add_instance(e, NULL, &iid),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_server_object_add_instance");
+    CHECK_REFUSED(estuary_device_object_install(e, NULL), ESTUARY_ERR_NULL_ARGUMENT,
+                  "estuary_device_object_install");
+
+    /* Not installed yet. */
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &sec, &iid),
+                  ESTUARY_ERR_STATE, "estuary_security_object_add_instance");
+    CHECK_REFUSED(estuary_security_object_purge(e), ESTUARY_ERR_STATE,
+                  "estuary_security_object_purge");
+    CHECK(iid == ESTUARY_ID_INVALID);
+
+    CHECK_RC(estuary_security_object_install(e), 0);
+    CHECK_RC(estuary_security_object_install(e), 0); /* idempotent */
+
+    /* Bad Security instances: refused, nothing stored, iid untouched. */
+    estuary_security_instance_t bad = sec;
+    bad.server_uri = NULL;
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bad, &iid),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_security_object_add_instance");
+    bad.server_uri = "http://127.0.0.1:5683";
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bad, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_security_object_add_instance");
+    bad.server_uri = "coap://\xc3\x28";
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bad, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_security_object_add_instance");
+    bad = sec;
+    bad.security_mode = 9;
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bad, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_security_object_add_instance");
+    bad = sec;
+    bad.ssid = 0;
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bad, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_security_object_add_instance");
+    bad = sec;
+    bad.public_cert_or_psk_identity_size = 4; /* with a NULL pointer */
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bad, &iid),
+                  ESTUARY_ERR_NULL_ARGUMENT, "estuary_security_object_add_instance");
+    CHECK(iid == ESTUARY_ID_INVALID);
+
+    /* The first valid one gets the lowest free ID: nothing was stored before. */
+    CHECK_RC(estuary_security_object_add_instance(e, &sec, &iid), 0);
+    CHECK(iid == 0);
+
+    /* SSID and IID clashes. */
+    estuary_iid_t iid2 = ESTUARY_ID_INVALID;
+    estuary_security_instance_t clash = nosec_account("coap://127.0.0.1:5700", 1);
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &clash, &iid2),
+                  ESTUARY_ERR_ALREADY_EXISTS, "estuary_security_object_add_instance");
+    clash.ssid = 2;
+    iid2 = 0;
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &clash, &iid2),
+                  ESTUARY_ERR_ALREADY_EXISTS, "estuary_security_object_add_instance");
+    CHECK(iid2 == 0);
+
+    /* A bootstrap account with key material: next free ID. */
+    static const uint8_t identity[] = { 'i', 'd' };
+    static const uint8_t key[] = { 1, 2, 3, 4 };
+    estuary_security_instance_t bs = nosec_account("coaps://127.0.0.1:5784", 0);
+    bs.bootstrap_server = true;
+    bs.security_mode = ESTUARY_SECURITY_PSK;
+    bs.client_holdoff_s = 0;
+    bs.bootstrap_timeout_s = 0;
+    bs.public_cert_or_psk_identity = identity;
+    bs.public_cert_or_psk_identity_size = sizeof(identity);
+    bs.private_cert_or_psk_key = key;
+    bs.private_cert_or_psk_key_size = sizeof(key);
+    iid2 = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_security_object_add_instance(e, &bs, &iid2), 0);
+    CHECK(iid2 == 1);
+    iid2 = ESTUARY_ID_INVALID;
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &bs, &iid2),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_security_object_add_instance");
+    CHECK(iid2 == ESTUARY_ID_INVALID);
+
+    /* Server object. */
+    estuary_server_instance_t srv = server_account(1);
+    iid = ESTUARY_ID_INVALID;
+    CHECK_REFUSED(estuary_server_object_add_instance(e, &srv, &iid), ESTUARY_ERR_STATE,
+                  "estuary_server_object_add_instance");
+    CHECK_RC(estuary_server_object_install(e), 0);
+    estuary_server_instance_t bad_srv = srv;
+    bad_srv.lifetime = 0;
+    CHECK_REFUSED(estuary_server_object_add_instance(e, &bad_srv, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_server_object_add_instance");
+    bad_srv = srv;
+    bad_srv.binding = "X";
+    CHECK_REFUSED(estuary_server_object_add_instance(e, &bad_srv, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_server_object_add_instance");
+    bad_srv.binding = "\xff";
+    CHECK_REFUSED(estuary_server_object_add_instance(e, &bad_srv, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_server_object_add_instance");
+    bad_srv = srv;
+    bad_srv.ssid = ESTUARY_SSID_ANY;
+    CHECK_REFUSED(estuary_server_object_add_instance(e, &bad_srv, &iid),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_server_object_add_instance");
+    CHECK(iid == ESTUARY_ID_INVALID);
+    iid = 5;
+    CHECK_RC(estuary_server_object_add_instance(e, &srv, &iid), 0);
+    CHECK(iid == 5);
+    estuary_server_instance_t srv2 = server_account(1);
+    iid = ESTUARY_ID_INVALID;
+    CHECK_REFUSED(estuary_server_object_add_instance(e, &srv2, &iid),
+                  ESTUARY_ERR_ALREADY_EXISTS, "estuary_server_object_add_instance");
+    srv2.ssid = 2;
+    srv2.binding = NULL; /* default "U" */
+    CHECK_RC(estuary_server_object_add_instance(e, &srv2, &iid), 0);
+    CHECK(iid == 0);
+
+    /* Device object. */
+    estuary_device_object_config_t dev;
+    memset(&dev, 0, sizeof(dev));
+    dev.manufacturer = "\xff";
+    CHECK_REFUSED(estuary_device_object_install(e, &dev), ESTUARY_ERR_INVALID_ARGUMENT,
+                  "estuary_device_object_install");
+    dev.manufacturer = "Estuary Labs";
+    dev.firmware_version = "1.0.0";
+    CHECK_RC(estuary_device_object_install(e, &dev), 0);
+
+    /* Triggers need a running client. */
+    CHECK_REFUSED(estuary_schedule_registration_update(e, 1), ESTUARY_ERR_STATE,
+                  "estuary_schedule_registration_update");
+}
+
+static void check_purge(void) {
+    estuary_configuration_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.endpoint_name = "purge";
+    estuary_t *e = estuary_new(&cfg);
+    CHECK(e != NULL);
+    estuary_security_instance_t sec = nosec_account("coap://127.0.0.1", 3);
+    estuary_server_instance_t srv = server_account(3);
+    estuary_iid_t iid = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_security_object_install(e), 0);
+    CHECK_RC(estuary_server_object_install(e), 0);
+    CHECK_RC(estuary_security_object_add_instance(e, &sec, &iid), 0);
+    iid = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_server_object_add_instance(e, &srv, &iid), 0);
+    CHECK_RC(estuary_security_object_purge(e), 0);
+    CHECK_RC(estuary_server_object_purge(e), 0);
+    /* After a purge the SSID is free again and the IDs start over. */
+    iid = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_security_object_add_instance(e, &sec, &iid), 0);
+    CHECK(iid == 0);
+    iid = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_server_object_add_instance(e, &srv, &iid), 0);
+    CHECK(iid == 0);
+    /* Without any server account the loop cannot start. */
+    CHECK_RC(estuary_security_object_purge(e), 0);
+    CHECK_REFUSED(estuary_event_loop_run(e, ESTUARY_TIME_DURATION_ZERO),
+                  ESTUARY_ERR_CONFIG, "estuary_event_loop_run");
+    estuary_delete(e);
+}
+
+static void check_event_loop(void) {
+    char uri[64];
+    int server = fake_server(uri, sizeof(uri));
+
+    estuary_configuration_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.endpoint_name = "contract";
+    cfg.prng_seed = 7;
+    estuary_t *e = estuary_new(&cfg);
+    CHECK(e != NULL);
+    if (!e) {
+        return;
+    }
+    estuary_security_instance_t sec = nosec_account(uri, 1);
+    estuary_server_instance_t srv = server_account(1);
+    estuary_iid_t iid = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_security_object_install(e), 0);
+    CHECK_RC(estuary_security_object_add_instance(e, &sec, &iid), 0);
+    iid = ESTUARY_ID_INVALID;
+    CHECK_RC(estuary_server_object_install(e), 0);
+    CHECK_RC(estuary_server_object_add_instance(e, &srv, &iid), 0);
+
+    estuary_time_duration_t negative = { -1, 0 };
+    CHECK_REFUSED(estuary_event_loop_run(e, negative), ESTUARY_ERR_INVALID_ARGUMENT,
+                  "estuary_event_loop_run");
+    CHECK_REFUSED(estuary_event_loop_run(e, ESTUARY_TIME_DURATION_INVALID),
+                  ESTUARY_ERR_INVALID_ARGUMENT, "estuary_event_loop_run");
+
+    /* Interrupted from a signal handler. */
+    g_estuary = e;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_alarm;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval timer;
+    memset(&timer, 0, sizeof(timer));
+    timer.it_value.tv_usec = 200 * 1000;
+    double t0 = now_s();
+    setitimer(ITIMER_REAL, &timer, NULL);
+    CHECK_RC(estuary_event_loop_run(e, estuary_time_duration_from_scalar(
+                                               10, ESTUARY_TIME_S)),
+             0);
+    double took = now_s() - t0;
+    CHECK(took >= 0.15 && took < 5.0);
+    g_estuary = NULL;
+
+    /* The loop started the client: a Register reached the server. */
+    unsigned char buf[2048];
+    ssize_t n = recv(server, buf, sizeof(buf), MSG_DONTWAIT);
+    CHECK(n > 4);
+    if (n > 4) {
+        CHECK((buf[0] >> 6) == 1); /* CoAP version 1 */
+        CHECK(buf[1] == 0x02);     /* POST */
+        CHECK(contains(buf, (size_t) n, "ep=contract"));
+        CHECK(contains(buf, (size_t) n, "lt=60"));
+    }
+
+    /* Objects are frozen once the loop runs; triggers work. */
+    estuary_security_instance_t late = nosec_account("coap://127.0.0.1:5999", 9);
+    iid = ESTUARY_ID_INVALID;
+    CHECK_REFUSED(estuary_security_object_add_instance(e, &late, &iid),
+                  ESTUARY_ERR_NOT_SUPPORTED, "estuary_security_object_add_instance");
+    CHECK(iid == ESTUARY_ID_INVALID);
+    CHECK_REFUSED(estuary_schedule_registration_update(e, 9), ESTUARY_ERR_INVALID_ARGUMENT,
+                  "estuary_schedule_registration_update");
+    CHECK_REFUSED(estuary_schedule_registration_update(e, 0), ESTUARY_ERR_INVALID_ARGUMENT,
+                  "estuary_schedule_registration_update");
+    CHECK_RC(estuary_schedule_registration_update(e, ESTUARY_SSID_ANY), 0);
+
+    /* Interrupted from another thread. */
+    pthread_t thread;
+    t0 = now_s();
+    CHECK(pthread_create(&thread, NULL, interrupt_later, e) == 0);
+    CHECK_RC(estuary_event_loop_run(e, estuary_time_duration_from_scalar(
+                                               50, ESTUARY_TIME_MS)),
+             0);
+    pthread_join(thread, NULL);
+    took = now_s() - t0;
+    CHECK(took >= 0.05 && took < 5.0);
+
+    /* An interrupt while not running is kept: the next run returns at once. */
+    CHECK_RC(estuary_event_loop_interrupt(e), 0);
+    t0 = now_s();
+    CHECK_RC(estuary_event_loop_run(e, estuary_time_duration_from_scalar(
+                                               10, ESTUARY_TIME_S)),
+             0);
+    CHECK(now_s() - t0 < 1.0);
+
+    /* Never registered: delete has nothing to wait for. */
+    t0 = now_s();
+    estuary_delete(e);
+    CHECK(now_s() - t0 < 1.0);
+    close(server);
+}
+
+int main(void) {
+    int handler_calls = 0;
+    estuary_set_log_handler(log_handler, &handler_calls);
+
+    check_codes_and_time();
+    check_new();
+    check_null_handles();
+
+    estuary_configuration_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.endpoint_name = "objects";
+    estuary_t *e = estuary_new(&cfg);
+    CHECK(e != NULL);
+    if (e) {
+        check_objects(e);
+        estuary_delete(e);
+    }
+    check_purge();
+    check_event_loop();
+
+    CHECK(handler_calls == g_log.count);
+    /* NULL restores the default handler: no more calls to ours. */
+    estuary_set_log_handler(NULL, NULL);
+    int calls = handler_calls;
+    CHECK(estuary_new(NULL) == NULL);
+    CHECK(handler_calls == calls);
+
+    printf("%d checks, %d failed\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}

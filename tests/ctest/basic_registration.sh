@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# ctest: start estuary-testserver, run examples-c/01-basic against it, see the endpoint in
+# GET /api/clients, read /3/0/0 back as the manufacturer string, stop the example with
+# SIGINT and see the de-registration event. 127.0.0.1 only; every wait is bounded.
+set -euo pipefail
+server_bin=$1 example_bin=$2 work=$3
+source "$(dirname "$0")/common.sh"
+
+ep="ctest-basic-$$"
+start_testserver "$server_bin" "$work" "$ep"
+
+"$example_bin" -e "$ep" -u "coap://127.0.0.1:${LWM2M_PORT}" -l 30 > "$work/example.log" 2>&1 &
+example_pid=$!
+PIDS+=("$example_pid")
+
+wait_for_event "$work/events.jsonl" "registered" "$ep" 20
+"$server_bin" clients --control "$CONTROL" | tee "$work/clients.txt"
+grep -q "$ep" "$work/clients.txt" || fail "endpoint $ep not listed by 'clients'"
+
+manufacturer=$("$server_bin" read "$ep" /3/0/0 --format text --control "$CONTROL")
+[ "$manufacturer" = "Estuary Labs" ] || fail "read /3/0/0 gave '$manufacturer', expected 'Estuary Labs'"
+echo "read /3/0/0 -> $manufacturer"
+
+kill -INT "$example_pid"
+rc=0
+wait_pid "$example_pid" 15 || rc=$?
+[ "$rc" -eq 0 ] || fail "01-basic exited with $rc after SIGINT"
+wait_for_event "$work/events.jsonl" "deregistered" "$ep" 10
+echo "PASS: registered, read, deregistered"

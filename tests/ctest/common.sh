@@ -1,0 +1,76 @@
+# Helpers for the ctest drivers: free loopback ports, starting estuary-testserver with a
+# fresh state directory, bounded waits, and cleanup of every process started. Sourced.
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    for f in "$WORK"/*.log; do
+        [ -f "$f" ] && { echo "--- $f" >&2; tail -n 40 "$f" >&2; }
+    done
+    exit 1
+}
+
+# A free UDP/TCP port on 127.0.0.1, asked from the kernel.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+        || echo $(( 20000 + RANDOM % 20000 ))
+}
+
+# start_testserver BIN WORKDIR ENDPOINT: init + run in the background; sets LWM2M_PORT and
+# CONTROL, and waits until the control API answers.
+start_testserver() {
+    local bin=$1 ep=$3
+    WORK=$2
+    rm -rf "$WORK"
+    mkdir -p "$WORK"
+    "$bin" init --dir "$WORK/state" --endpoint "$ep" > "$WORK/init.log"
+    LWM2M_PORT=$(free_port)
+    CONTROL="127.0.0.1:$(free_port)"
+    set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
+    "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
+    PIDS+=("$!")
+    local i
+    for i in $(seq 1 100); do
+        if "$bin" clients --control "$CONTROL" > /dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "test server did not come up"
+}
+
+# wait_for_event FILE EVENT ENDPOINT SECONDS
+wait_for_event() {
+    local file=$1 event=$2 ep=$3 secs=$4 i
+    for i in $(seq 1 $((secs * 10))); do
+        if [ -f "$file" ] && grep "\"event\":\"$event\"" "$file" | grep -q "\"ep\":\"$ep\""; then
+            echo "event: ep=$ep $event"
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "no '$event' event for $ep within ${secs}s"
+}
+
+# wait_pid PID SECONDS: the process's exit status, or failure if it is still running.
+wait_pid() {
+    local pid=$1 secs=$2 i
+    for i in $(seq 1 $((secs * 10))); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid"
+            return $?
+        fi
+        sleep 0.1
+    done
+    fail "process $pid still running after ${secs}s"
+}
