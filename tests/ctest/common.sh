@@ -26,6 +26,11 @@ free_port() {
         || echo $(( 20000 + RANDOM % 20000 ))
 }
 
+# set_lwm2m_port CONFIG PORT: point the state directory's LwM2M server at PORT.
+set_lwm2m_port() {
+    sed -i "s/^lwm2m_coap = .*/lwm2m_coap = $2/" "$1"
+}
+
 # start_testserver BIN WORKDIR ENDPOINT: init + run in the background; sets LWM2M_PORT and
 # CONTROL, and waits until the control API answers.
 start_testserver() {
