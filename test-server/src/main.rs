@@ -48,6 +48,17 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         control: SocketAddr,
     },
+    /// Show one registered client.
+    Client {
+        ep: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        control: SocketAddr,
+    },
+    /// Print the recent events as JSON lines.
+    Events {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        control: SocketAddr,
+    },
     /// Read a path from a registered client.
     Read {
         ep: String,
@@ -75,6 +86,10 @@ fn main() {
             events,
         } => run(&dir, control, events),
         Cmd::Clients { control } => http_get(control, "/api/clients").map(|b| println!("{b}")),
+        Cmd::Client { ep, control } => {
+            http_get(control, &format!("/api/clients/{ep}")).map(|b| println!("{b}"))
+        }
+        Cmd::Events { control } => http_get(control, "/api/events").map(|b| print!("{b}")),
         Cmd::Read {
             ep,
             path,
@@ -101,7 +116,18 @@ fn init(dir: &Path, endpoints: &[String], force: bool) -> Result<(), String> {
         format!("# estuary-testserver state\n[ports]\nlwm2m_coap = {DEFAULT_LWM2M_PORT}\n");
     for ep in endpoints {
         text.push_str(&format!("\n[endpoints.{ep:?}]\n"));
-        std::fs::create_dir_all(dir.join("endpoints").join(ep)).map_err(|e| e.to_string())?;
+        let folder = dir.join("endpoints").join(ep);
+        std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
+        // PSK credentials for the plain examples, from the OS generator.
+        let mut key = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .map_err(|e| format!("/dev/urandom: {e}"))?;
+        std::fs::write(folder.join("psk-identity.txt"), format!("{ep}\n"))
+            .map_err(|e| e.to_string())?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(folder.join("psk-key.hex"), format!("{hex}\n"))
+            .map_err(|e| e.to_string())?;
     }
     std::fs::write(&cfg, text).map_err(|e| e.to_string())?;
     println!("state directory: {}", dir.display());
@@ -131,6 +157,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 enum Control {
     Clients(tiny_http::Request),
+    Client(tiny_http::Request, String),
+    Events(tiny_http::Request),
     Read(tiny_http::Request, String, String, Option<u16>),
 }
 
@@ -160,6 +188,8 @@ fn run(dir: &Path, control: SocketAddr, events: Option<PathBuf>) -> Result<(), S
             let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
             let msg = match segs.as_slice() {
                 ["api", "clients"] => Control::Clients(req),
+                ["api", "events"] => Control::Events(req),
+                ["api", "clients", ep] => Control::Client(req, ep.to_string()),
                 ["api", "clients", ep, rest @ ..] if !rest.is_empty() => {
                     let fmt = query.split('&').find_map(|q| q.strip_prefix("format="));
                     let cf = fmt.and_then(format_from_name);
@@ -191,6 +221,8 @@ fn run(dir: &Path, control: SocketAddr, events: Option<PathBuf>) -> Result<(), S
     };
     let mut server = Lwm2mServer::new(Default::default(), u64::from(std::process::id()));
     let mut pending: HashMap<OpId, tiny_http::Request> = HashMap::new();
+    // The most recent events, for GET /api/events.
+    let mut ring: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut buf = vec![0u8; 65536];
     println!("LwM2M server on coap://127.0.0.1:{port}, control API on http://{control}");
     while !STOP.load(Ordering::SeqCst) {
@@ -201,13 +233,24 @@ fn run(dir: &Path, control: SocketAddr, events: Option<PathBuf>) -> Result<(), S
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 Control::Clients(req) => {
-                    let list: Vec<_> = server
-                        .registrations()
-                        .map(|r| json!({"endpoint": r.endpoint, "location": r.location, "lifetime": r.lifetime,
-                                        "lwm2m": r.lwm2m_version, "binding": r.binding, "objects": r.objects,
-                                        "peer": r.peer.to_string()}))
-                        .collect();
+                    let list: Vec<_> = server.registrations().map(registration_json).collect();
                     let _ = req.respond(tiny_http::Response::from_string(json!(list).to_string()));
+                }
+                Control::Client(req, ep) => {
+                    let resp = match server.registration(&ep) {
+                        Some(r) => {
+                            tiny_http::Response::from_string(registration_json(r).to_string())
+                        }
+                        None => tiny_http::Response::from_string(
+                            json!({"error": format!("no client {ep}")}).to_string(),
+                        )
+                        .with_status_code(404),
+                    };
+                    let _ = req.respond(resp);
+                }
+                Control::Events(req) => {
+                    let body: String = ring.iter().map(|l| format!("{l}\n")).collect();
+                    let _ = req.respond(tiny_http::Response::from_string(body));
                 }
                 Control::Read(req, ep, path, cf) => match server.read(now(), &ep, &path, cf) {
                     Ok(op) => {
@@ -253,9 +296,21 @@ fn run(dir: &Path, control: SocketAddr, events: Option<PathBuf>) -> Result<(), S
                     result,
                 } => {
                     let body = match result {
-                        Ok(r) => json!({"code": r.code, "content_format": r.content_format,
-                                        "value": String::from_utf8_lossy(&r.payload),
-                                        "hex": r.payload.iter().map(|b| format!("{b:02x}")).collect::<String>()}),
+                        Ok(r) => {
+                            let mut b = json!({"code": r.code, "content_format": r.content_format,
+                                               "hex": r.payload.iter().map(|b| format!("{b:02x}")).collect::<String>()});
+                            if r.content_format == Some(estuary::coap::content_format::LWM2M_TLV) {
+                                b["resources"] = match estuary::dm::tlv::decode(&r.payload) {
+                                    Ok(items) => {
+                                        json!(items.iter().map(tlv_json).collect::<Vec<_>>())
+                                    }
+                                    Err(e) => json!({"error": e.to_string()}),
+                                };
+                            } else {
+                                b["value"] = json!(String::from_utf8_lossy(&r.payload));
+                            }
+                            b
+                        }
                         Err(e) => json!({"error": e}),
                     };
                     if let Some(req) = pending.remove(op) {
@@ -268,15 +323,52 @@ fn run(dir: &Path, control: SocketAddr, events: Option<PathBuf>) -> Result<(), S
                 }
             };
             println!("{line}");
+            event["ts"] = json!(now().utc.unix_millis());
+            let event = event.to_string();
             if let Some(f) = events_file.as_mut() {
-                event["ts"] = json!(now().utc.unix_millis());
+                // Flushed per line so tests can follow the file.
                 let _ = writeln!(f, "{event}");
                 let _ = f.flush();
+            }
+            ring.push_back(event);
+            if ring.len() > 1000 {
+                ring.pop_front();
             }
         }
     }
     println!("stopped");
     Ok(())
+}
+
+fn registration_json(r: &estuary_testserver::Registration) -> serde_json::Value {
+    json!({"endpoint": r.endpoint, "location": r.location, "lifetime": r.lifetime,
+           "lwm2m": r.lwm2m_version, "binding": r.binding, "objects": r.objects,
+           "peer": r.peer.to_string(), "registered_at_ms": r.registered_at.unix_millis(),
+           "last_update_ms": r.last_update.unix_millis()})
+}
+
+/// A TLV element as JSON: the server does not know resource types, so a value is shown as
+/// text when it is printable UTF-8, as hex always, and as an integer when its width allows.
+fn tlv_json(t: &estuary::dm::tlv::Tlv) -> serde_json::Value {
+    use estuary::dm::tlv::{decode_value, TlvBody};
+    use estuary::dm::{Value, ValueKind};
+    match &t.body {
+        TlvBody::Children(c) => {
+            json!({"id": t.id, "instances": c.iter().map(tlv_json).collect::<Vec<_>>()})
+        }
+        TlvBody::Value(b) => {
+            let mut v = json!({"id": t.id, "hex": b.iter().map(|x| format!("{x:02x}")).collect::<String>()});
+            if let Ok(s) = std::str::from_utf8(b) {
+                if !s.chars().any(char::is_control) {
+                    v["value"] = json!(s);
+                }
+            }
+            if let Ok(Value::Integer(i)) = decode_value(ValueKind::Integer, b) {
+                v["int"] = json!(i);
+            }
+            v
+        }
+    }
 }
 
 fn http_get(control: SocketAddr, path: &str) -> Result<String, String> {

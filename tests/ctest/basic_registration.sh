@@ -21,6 +21,15 @@ manufacturer=$("$server_bin" read "$ep" /3/0/0 --format text --control "$CONTROL
 [ "$manufacturer" = "Estuary Labs" ] || fail "read /3/0/0 gave '$manufacturer', expected 'Estuary Labs'"
 echo "read /3/0/0 -> $manufacturer"
 
+"$server_bin" client "$ep" --control "$CONTROL" > "$work/client.json"
+grep -q "\"endpoint\":\"$ep\"" "$work/client.json" || fail "GET /api/clients/$ep did not describe $ep"
+"$server_bin" read "$ep" /3/0 --format tlv --control "$CONTROL" > "$work/tlv.json"
+grep -q '"id":0,"value":"Estuary Labs"' "$work/tlv.json" || fail "TLV read of /3/0 did not decode the manufacturer"
+if "$server_bin" client no-such-ep --control "$CONTROL" > /dev/null 2>&1; then
+    fail "an unknown endpoint was not refused"
+fi
+"$server_bin" events --control "$CONTROL" | grep -q '"event":"registered"' || fail "GET /api/events lacks the registration"
+
 kill -INT "$example_pid"
 rc=0
 wait_pid "$example_pid" 15 || rc=$?
