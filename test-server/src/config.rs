@@ -248,7 +248,9 @@ pub fn validate_endpoint_name(name: &str) -> Result<(), String> {
         ));
     }
     if name == "." || name == ".." {
-        return Err(format!("endpoint name {name:?} is not a usable directory name"));
+        return Err(format!(
+            "endpoint name {name:?} is not a usable directory name"
+        ));
     }
     Ok(())
 }
@@ -287,10 +289,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.lwm2m_coap_addr().to_string(), "[::1]:15683");
         assert_eq!(c.ports.control, 8080);
-        assert_eq!(
-            c.endpoints["dev1"].security_mode,
-            SecurityModeName::Nosec
-        );
+        assert_eq!(c.endpoints["dev1"].security_mode, SecurityModeName::Nosec);
     }
 
     #[test]
@@ -302,7 +301,10 @@ mod tests {
             ("[ports]\ncontrol = 5683\n", "both 5683"),
             ("[endpoints.\"a/b\"]\n", "endpoint name"),
             ("[endpoints.\"..\"]\n", "directory"),
-            ("[endpoints.dev1]\nsecurity_mode = \"rpk\"\n", "unknown variant"),
+            (
+                "[endpoints.dev1]\nsecurity_mode = \"rpk\"\n",
+                "unknown variant",
+            ),
             ("not toml at all", ""),
         ] {
             let e = Config::parse(text).expect_err(text).to_string();

@@ -5,7 +5,17 @@
 //! `run` adds sockets, the real clock and the HTTP control API; `sim` puts a client and the
 //! server in one process on a virtual clock and a lossy link.
 
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod events;
+pub mod http;
+pub mod init;
 pub mod lwm2m_server;
+pub mod render;
+pub mod run;
 pub mod sim;
 
+pub use events::{EventKind, EventRecord};
 pub use lwm2m_server::{Lwm2mServer, OpId, OpResult, Registration, ServerEvent};
+pub use run::{ClientInfo, ReadError, TestServer, TestServerConfig, TestServerHandle};

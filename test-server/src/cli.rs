@@ -1,0 +1,542 @@
+//! The `estuary-testserver` command line: `init`, `run`, `clients`, `client`, `read`,
+//! `events`. `main.rs` only calls [`main`]. `run` is [`TestServer::start`] plus waiting for
+//! SIGINT/SIGTERM; the others are clients of the control API. JSON is printed compact, one
+//! document per line, so scripts can grep it (pipe it to `jq` to read it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value as Json;
+
+use crate::http::{self, percent_encode};
+use crate::init::{self, InitOptions};
+use crate::render::{tree_lines, ReadAnswer};
+use crate::run::{ClientInfo, TestServer, TestServerConfig, DEFAULT_READ_TIMEOUT};
+
+/// Where `clients` and `read` find the control API unless told otherwise.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "estuary-testserver",
+    version,
+    about = "Estuary's LwM2M test server (LwM2M Server now; Bootstrap and EST-coaps to come)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a state directory: config.toml and per-endpoint credentials.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A device endpoint name; repeat for more devices.
+        #[arg(long = "endpoint", value_name = "NAME")]
+        endpoints: Vec<String>,
+        /// Overwrite an existing config.toml and regenerate the named endpoints' credentials.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve the LwM2M server and the control API of a state directory until SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Control API address (default: 127.0.0.1 and ports.control of config.toml).
+        #[arg(long, value_name = "ADDR")]
+        control: Option<std::net::SocketAddr>,
+        /// Append every event as a JSON line to this file.
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// LwM2M CoAP port, overriding ports.lwm2m_coap of config.toml (0 = any free port).
+        #[arg(long, value_name = "PORT")]
+        lwm2m_port: Option<u16>,
+    },
+    /// List the registered clients.
+    Clients {
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
+        control: String,
+        /// Print the control API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one registered client as JSON (exit code 1 if it is not registered).
+    Client {
+        ep: String,
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
+        control: String,
+    },
+    /// Print the recent events as JSON lines.
+    Events {
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
+        control: String,
+    },
+    /// Read PATH (e.g. /3/0/0) from the client registered as EP: prints a plain value as is
+    /// (text, or hex for opaque) and a TLV answer as its JSON tree.
+    Read {
+        ep: String,
+        path: String,
+        /// Content format to ask for: text, tlv, opaque, senml-json, senml-cbor, lwm2m-cbor.
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
+        control: String,
+        /// Print the control API's whole JSON answer.
+        #[arg(long)]
+        json: bool,
+        /// Print a TLV answer as `PATH = VALUE` lines instead of JSON.
+        #[arg(long, conflicts_with = "json")]
+        lines: bool,
+        /// Give up after this many seconds (default: when the CoAP exchange fails, ≤ 100 s).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run_command(cli.command) {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("estuary-testserver: {msg}");
+            1
+        }
+    }
+}
+
+fn run_command(cmd: Command) -> Result<(), String> {
+    match cmd {
+        Command::Init {
+            dir,
+            endpoints,
+            force,
+        } => {
+            let r = init::init(&InitOptions {
+                dir,
+                endpoints,
+                force,
+            })
+            .map_err(|e| e.to_string())?;
+            print!("{}", init::summary(&r));
+            Ok(())
+        }
+        Command::Run {
+            dir,
+            control,
+            events,
+            lwm2m_port,
+        } => run(dir, control, events, lwm2m_port),
+        Command::Clients { control, json } => clients(&control, json),
+        Command::Client { ep, control } => {
+            let (status, v, body) = get_json(
+                &control,
+                &format!("/api/clients/{}", percent_encode(&ep)),
+                Duration::from_secs(10),
+            )?;
+            if status != 200 {
+                return Err(api_error(status, &v));
+            }
+            println!("{}", body.trim_end());
+            Ok(())
+        }
+        Command::Events { control } => {
+            let r = http::get(&control, "/api/events", Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("HTTP {}", r.status));
+            }
+            print!("{}", r.body);
+            Ok(())
+        }
+        Command::Read {
+            ep,
+            path,
+            format,
+            control,
+            json,
+            lines,
+            timeout,
+        } => {
+            let output = match (json, lines) {
+                (true, _) => ReadOutput::Json,
+                (_, true) => ReadOutput::Lines,
+                _ => ReadOutput::Value,
+            };
+            read(&ep, &path, format.as_deref(), &control, output, timeout)
+        }
+    }
+}
+
+fn run(
+    dir: PathBuf,
+    control: Option<std::net::SocketAddr>,
+    events: Option<PathBuf>,
+    lwm2m_port: Option<u16>,
+) -> Result<(), String> {
+    let mut config = init::load_config(&dir).map_err(|e| e.to_string())?;
+    if let Some(p) = lwm2m_port {
+        config.ports.lwm2m_coap = p;
+    }
+    let mut cfg = TestServerConfig::from_config(&config);
+    if control.is_some() {
+        cfg.control_addr = control;
+    }
+    cfg.events_file = events.clone();
+    // Signals are caught before any thread starts, so none of them dies of SIGINT.
+    let signals = signal::Termination::install().map_err(|e| format!("signal handlers: {e}"))?;
+    let handle = TestServer::start(cfg).map_err(|e| e.to_string())?;
+    println!(
+        "listening lwm2m={} control={}{}",
+        handle.lwm2m_uri(),
+        handle
+            .control_addr()
+            .map_or("none".to_string(), |a| format!("http://{a}")),
+        events.map_or(String::new(), |e| format!(" events={}", e.display()))
+    );
+    let endpoints: Vec<&String> = config.endpoints.keys().collect();
+    if !endpoints.is_empty() {
+        println!(
+            "configured endpoints: {}",
+            endpoints
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    loop {
+        if let Some(sig) = signals.wait(Duration::from_secs(1)) {
+            println!("stopping ({sig})");
+            handle.stop();
+            return Ok(());
+        }
+        if !handle.is_running() {
+            return Err("the LwM2M server thread stopped unexpectedly".into());
+        }
+    }
+}
+
+/// GET and parse; also returns the body as sent (a `Json` map would print its keys sorted).
+fn get_json(control: &str, target: &str, timeout: Duration) -> Result<(u16, Json, String), String> {
+    let r = http::get(control, target, timeout).map_err(|e| e.to_string())?;
+    let v: Json = serde_json::from_str(&r.body)
+        .map_err(|_| format!("the control API answered HTTP {} with non-JSON", r.status))?;
+    Ok((r.status, v, r.body))
+}
+
+fn api_error(status: u16, v: &Json) -> String {
+    match v.get("error").and_then(Json::as_str) {
+        Some(e) => format!("{e} (HTTP {status})"),
+        None => format!("HTTP {status}"),
+    }
+}
+
+fn clients(control: &str, json: bool) -> Result<(), String> {
+    let (status, v, body) = get_json(control, "/api/clients", Duration::from_secs(10))?;
+    if status != 200 {
+        return Err(api_error(status, &v));
+    }
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let list: Vec<ClientInfo> = serde_json::from_value(v)
+        .map_err(|e| format!("unexpected answer from the control API: {e}"))?;
+    print!("{}", clients_table(&list));
+    Ok(())
+}
+
+/// The `clients` table: one row per client, columns aligned.
+pub fn clients_table(list: &[ClientInfo]) -> String {
+    let header = [
+        "ENDPOINT",
+        "LOCATION",
+        "LIFETIME",
+        "LWM2M",
+        "BINDING",
+        "PEER",
+        "LAST UPDATE",
+        "OBJECTS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for c in list {
+        rows.push(vec![
+            c.endpoint.clone(),
+            c.location.clone(),
+            c.lifetime.to_string(),
+            c.lwm2m_version.clone(),
+            c.binding.clone(),
+            c.peer.clone(),
+            c.last_update.clone(),
+            c.object_links
+                .iter()
+                .map(|l| format!("<{l}>"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if list.is_empty() {
+        out.push_str("(no clients registered)\n");
+    }
+    out
+}
+
+/// What `read` prints on success.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum ReadOutput {
+    /// A plain value as is; a TLV tree as compact JSON.
+    Value,
+    /// The whole answer as compact JSON.
+    Json,
+    /// A TLV tree as `PATH = VALUE` lines.
+    Lines,
+}
+
+fn read(
+    ep: &str,
+    path: &str,
+    format: Option<&str>,
+    control: &str,
+    output: ReadOutput,
+    timeout: Option<u64>,
+) -> Result<(), String> {
+    let lwm2m_path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let mut query = Vec::new();
+    if let Some(f) = format {
+        query.push(format!("format={}", percent_encode(f)));
+    }
+    if let Some(t) = timeout {
+        query.push(format!("timeout={t}"));
+    }
+    let target = format!(
+        "/api/clients/{}{}{}{}",
+        percent_encode(ep),
+        lwm2m_path,
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    // The control API bounds the wait itself; give it time to say so.
+    let wait = timeout.map_or(DEFAULT_READ_TIMEOUT, Duration::from_secs) + Duration::from_secs(10);
+    let (status, v, _) = get_json(control, &target, wait)?;
+    if status != 200 {
+        return Err(format!("read {ep} {lwm2m_path}: {}", api_error(status, &v)));
+    }
+    let a: ReadAnswer = serde_json::from_value(v)
+        .map_err(|e| format!("unexpected answer from the control API: {e}"))?;
+    if output == ReadOutput::Json {
+        println!("{}", a.to_json());
+    }
+    if !a.code.starts_with("2.") {
+        let diag = a.value.as_ref().map_or(String::new(), |d| format!(" {d}"));
+        return Err(format!("read {ep} {lwm2m_path}: {}{diag}", a.code));
+    }
+    if let Some(e) = &a.error {
+        return Err(format!("read {ep} {lwm2m_path}: {e}"));
+    }
+    match output {
+        ReadOutput::Json => {}
+        ReadOutput::Lines if a.is_tree() => {
+            for l in tree_lines(&a) {
+                println!("{l}");
+            }
+        }
+        _ if a.is_tree() => println!("{}", a.to_json()),
+        // The plain value, so scripts can compare it.
+        _ => {
+            if let Some(value) = &a.value {
+                println!("{value}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT/SIGTERM through a self-pipe: the handler writes the signal number (the only
+/// async-signal-safe thing it needs), `wait` polls the pipe.
+mod signal {
+    use std::io;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::time::Duration;
+
+    static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        let fd = PIPE_WRITE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let b = sig as u8;
+            // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+            unsafe {
+                libc::write(fd, (&b as *const u8).cast(), 1);
+            }
+        }
+    }
+
+    pub struct Termination {
+        read_fd: libc::c_int,
+    }
+
+    impl Termination {
+        pub fn install() -> io::Result<Termination> {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: fds has room for the two descriptors pipe(2) writes.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for fd in fds {
+                // SAFETY: plain fcntl(2) on descriptors we own.
+                unsafe {
+                    let fl = libc::fcntl(fd, libc::F_GETFL);
+                    libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            PIPE_WRITE.store(fds[1], Ordering::Relaxed);
+            for sig in [libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+                unsafe {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    sa.sa_flags = libc::SA_RESTART;
+                    if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            Ok(Termination { read_fd: fds[0] })
+        }
+
+        /// Waits up to `timeout` for a signal; its name if one came.
+        pub fn wait(&self, timeout: Duration) -> Option<&'static str> {
+            let mut pfd = libc::pollfd {
+                fd: self.read_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n <= 0 {
+                return None;
+            }
+            let mut b = 0u8;
+            // SAFETY: reading one byte into a local from our non-blocking pipe.
+            let r = unsafe { libc::read(self.read_fd, (&mut b as *mut u8).cast(), 1) };
+            if r != 1 {
+                return None;
+            }
+            Some(if i32::from(b) == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_command_lines() {
+        let c = Cli::try_parse_from([
+            "estuary-testserver",
+            "init",
+            "--dir",
+            "/tmp/x",
+            "--endpoint",
+            "a",
+            "--endpoint",
+            "b",
+        ])
+        .unwrap();
+        assert!(
+            matches!(c.command, Command::Init { ref endpoints, force: false, .. } if endpoints == &["a", "b"])
+        );
+        let c = Cli::try_parse_from([
+            "estuary-testserver",
+            "read",
+            "dev1",
+            "/3/0/0",
+            "--format",
+            "text",
+            "--control",
+            "127.0.0.1:9",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Read {
+                ep,
+                path,
+                format,
+                control,
+                ..
+            } => {
+                assert_eq!((ep.as_str(), path.as_str()), ("dev1", "/3/0/0"));
+                assert_eq!(format.as_deref(), Some("text"));
+                assert_eq!(control, "127.0.0.1:9");
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["estuary-testserver", "clients"]).unwrap();
+        assert!(
+            matches!(c.command, Command::Clients { ref control, json: false } if control == DEFAULT_CONTROL)
+        );
+        assert!(Cli::try_parse_from(["estuary-testserver", "run"]).is_err());
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let c = ClientInfo {
+            endpoint: "dev1".into(),
+            location: "/rd/1".into(),
+            lifetime: 60,
+            lwm2m_version: "1.1".into(),
+            binding: "U".into(),
+            object_links: vec!["/1/0".into(), "/3/0".into()],
+            peer: "127.0.0.1:5555".into(),
+            security_mode: "nosec".into(),
+            registered_at: "2026-01-01T00:00:00.000Z".into(),
+            last_update: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let t = clients_table(&[c]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("ENDPOINT  LOCATION  LIFETIME"), "{t}");
+        assert!(
+            lines[1].starts_with("dev1      /rd/1     60        1.1"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("</1/0>,</3/0>"), "{t}");
+        assert!(clients_table(&[]).contains("no clients registered"));
+    }
+}

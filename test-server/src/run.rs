@@ -1,0 +1,591 @@
+//! The running test server: the sans-IO [`Lwm2mServer`] on a real UDP socket and the real
+//! clocks, the HTTP control API beside it, and events to [`EventLog`].
+//!
+//! One thread owns the socket and the server core. It sleeps in `recv_from` until the core's
+//! next deadline (at most [`MAX_IDLE_WAIT`]); the control API and [`TestServerHandle`] talk
+//! to it through a channel and wake it with an empty datagram from a private loopback socket,
+//! so a request is picked up at once without polling. The binary (`main.rs`) is a thin
+//! wrapper around [`TestServer::start`]; integration tests use it in-process.
+//!
+//! Only the LwM2M CoAP port and the control API are served; the coaps and bootstrap/EST
+//! ports of `config.toml` are reserved for when DTLS, bootstrap and EST land.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use estuary::coap::TxParams;
+use estuary::time::{Instant, Now, UtcTime};
+use log::{debug, info, warn};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::events::{rfc3339, EventKind, EventLog, EventRecord, DEFAULT_RING_CAPACITY};
+use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpResult, ServerEvent};
+
+/// The longest the server thread sleeps without looking at its channel (a safety net; every
+/// command also wakes it).
+pub const MAX_IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a Read waits for the client by default: longer than CoAP's MAX_TRANSMIT_WAIT
+/// (93 s with the RFC's parameters), so the exchange's own timeout normally ends it first.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// The largest UDP payload there can be.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// How to start a [`TestServer`].
+#[derive(Clone, Debug)]
+pub struct TestServerConfig {
+    /// LwM2M server over CoAP/UDP; port 0 = an ephemeral port.
+    pub lwm2m_addr: SocketAddr,
+    /// HTTP control API; `None` = none, port 0 = an ephemeral port.
+    pub control_addr: Option<SocketAddr>,
+    /// File the JSON event lines are appended to.
+    pub events_file: Option<PathBuf>,
+    /// Print the readable event lines on stdout.
+    pub echo_events: bool,
+    /// Events kept in memory for `GET /api/events` and [`TestServerHandle::events`].
+    pub event_capacity: usize,
+    /// CoAP transmission parameters of the server's requests (Reads).
+    pub tx_params: TxParams,
+    /// Upper bound on the wait for a Read's answer.
+    pub read_timeout: Duration,
+    /// Seed of message IDs and tokens; `None` = from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for TestServerConfig {
+    /// Loopback, ephemeral ports, control API on, no events file.
+    fn default() -> Self {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        TestServerConfig {
+            lwm2m_addr: SocketAddr::new(lo, 0),
+            control_addr: Some(SocketAddr::new(lo, 0)),
+            events_file: None,
+            echo_events: true,
+            event_capacity: DEFAULT_RING_CAPACITY,
+            tx_params: TxParams::default(),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            seed: None,
+        }
+    }
+}
+
+impl TestServerConfig {
+    /// The addresses of a state directory's `config.toml`.
+    pub fn from_config(cfg: &Config) -> Self {
+        TestServerConfig {
+            lwm2m_addr: cfg.lwm2m_coap_addr(),
+            control_addr: Some(cfg.control_addr()),
+            ..TestServerConfig::default()
+        }
+    }
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding the LwM2M CoAP port {addr}: {source}")]
+    BindLwm2m {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("binding the control API on {addr}: {source}")]
+    BindControl {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening the events file: {0}")]
+    EventsFile(#[source] io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A registered client as the control API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub endpoint: String,
+    pub location: String,
+    pub lifetime: u32,
+    pub lwm2m_version: String,
+    pub binding: String,
+    /// Object links of the registration, e.g. ["/1/0", "/3/0"].
+    pub object_links: Vec<String>,
+    pub peer: String,
+    /// "nosec" until DTLS lands.
+    pub security_mode: String,
+    /// RFC 3339.
+    pub registered_at: String,
+    /// RFC 3339; the Register time until the first Update.
+    pub last_update: String,
+}
+
+/// Why a Read through the control channel gave no answer from the client.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("no client registered as {0:?}")]
+    UnknownEndpoint(String),
+    #[error("invalid LwM2M path {0:?}")]
+    BadPath(String),
+    #[error("the request could not be sent: {0}")]
+    Send(String),
+    /// The CoAP exchange failed (no answer within the retransmission window, RST).
+    #[error("{0}")]
+    Exchange(String),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("the server is stopping")]
+    Stopped,
+}
+
+enum Command {
+    Clients(Sender<Vec<ClientInfo>>),
+    Read {
+        ep: String,
+        path: String,
+        accept: Option<u16>,
+        reply: Sender<Result<OpResult, ReadError>>,
+    },
+    Stop,
+}
+
+/// Talks to the server thread; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct ServerCtl {
+    tx: Sender<Command>,
+    waker: Arc<UdpSocket>,
+    wake_to: SocketAddr,
+    read_timeout: Duration,
+}
+
+impl ServerCtl {
+    fn send(&self, cmd: Command) -> bool {
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        // An empty datagram wakes the server thread from recv_from; if it is lost the
+        // thread still looks at the channel within MAX_IDLE_WAIT.
+        if let Err(e) = self.waker.send_to(&[], self.wake_to) {
+            debug!("waking the server thread: {e}");
+        }
+        true
+    }
+
+    /// All registered clients; empty if the server has stopped.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let (reply, rx) = mpsc::channel();
+        if !self.send(Command::Clients(reply)) {
+            return Vec::new();
+        }
+        rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default()
+    }
+
+    /// The client registered as `ep`.
+    pub fn client(&self, ep: &str) -> Option<ClientInfo> {
+        self.clients().into_iter().find(|c| c.endpoint == ep)
+    }
+
+    /// Reads `path` (e.g. "/3/0/0") from `ep` with an optional Accept content format and
+    /// waits for the answer, at most `timeout` (or the configured read timeout).
+    pub fn read(
+        &self,
+        ep: &str,
+        path: &str,
+        accept: Option<u16>,
+        timeout: Option<Duration>,
+    ) -> Result<OpResult, ReadError> {
+        let (reply, rx) = mpsc::channel();
+        let cmd = Command::Read {
+            ep: ep.to_string(),
+            path: path.to_string(),
+            accept,
+            reply,
+        };
+        if !self.send(cmd) {
+            return Err(ReadError::Stopped);
+        }
+        let limit = timeout.unwrap_or(self.read_timeout);
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut(limit)),
+            Err(RecvTimeoutError::Disconnected) => Err(ReadError::Stopped),
+        }
+    }
+}
+
+/// The real clocks: `std::time::Instant` since start as the core's monotonic milliseconds,
+/// `SystemTime` as UTC.
+struct Clock {
+    origin: std::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Now {
+        let mono = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Now::new(Instant::from_millis(mono), utc_now())
+    }
+
+    /// Time until `deadline`, rounded up to whole milliseconds so a wait never ends just
+    /// before it (which would spin).
+    fn until(&self, deadline: Instant) -> Duration {
+        Duration::from_millis(deadline.as_millis()).saturating_sub(self.origin.elapsed())
+            + Duration::from_millis(1)
+    }
+}
+
+fn utc_now() -> UtcTime {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => UtcTime::from_unix_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        Err(_) => UtcTime::from_unix_millis(0),
+    }
+}
+
+fn os_seed() -> io::Result<u64> {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn loopback_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// A pending Read: who waits for it, and what to log.
+struct PendingRead {
+    reply: Sender<Result<OpResult, ReadError>>,
+    ep: String,
+    path: String,
+}
+
+/// Everything the server thread owns.
+struct Lwm2mLoop {
+    socket: UdpSocket,
+    waker_addr: SocketAddr,
+    server: Lwm2mServer,
+    clock: Clock,
+    rx: Receiver<Command>,
+    events: Arc<EventLog>,
+    pending: HashMap<OpId, PendingRead>,
+}
+
+impl Lwm2mLoop {
+    fn run(mut self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
+                    Ok(cmd) => self.command(cmd),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let now = self.clock.now();
+            if self.server.poll_timeout().is_some_and(|t| t <= now.mono) {
+                self.server.handle_timeout(now);
+            }
+            self.flush(now);
+            let wait = self
+                .server
+                .poll_timeout()
+                .map_or(MAX_IDLE_WAIT, |t| self.clock.until(t))
+                .clamp(Duration::from_millis(1), MAX_IDLE_WAIT);
+            if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
+                warn!("setting the socket timeout: {e}");
+            }
+            match self.socket.recv_from(&mut buf) {
+                Ok((_, src)) if src == self.waker_addr => {}
+                Ok((n, src)) => {
+                    let now = self.clock.now();
+                    self.server.handle_datagram(now, src, &buf[..n]);
+                    self.flush(now);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    // E.g. ICMP errors reported on the socket; never spin on a broken one.
+                    debug!("recv_from: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Clients(reply) => {
+                let list = self.server.registrations().map(client_info).collect();
+                let _ = reply.send(list);
+            }
+            Command::Read {
+                ep,
+                path,
+                accept,
+                reply,
+            } => {
+                let now = self.clock.now();
+                match self.server.read(now, &ep, &path, accept) {
+                    Ok(op) => {
+                        self.pending.insert(op, PendingRead { reply, ep, path });
+                        self.flush(now);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(match e {
+                            OpError::UnknownEndpoint(ep) => ReadError::UnknownEndpoint(ep),
+                            OpError::BadPath(p) => ReadError::BadPath(p),
+                            OpError::Send(s) => ReadError::Send(s),
+                        }));
+                    }
+                }
+            }
+            Command::Stop => {}
+        }
+    }
+
+    /// Sends what the core queued and turns its events into log lines and replies.
+    fn flush(&mut self, now: Now) {
+        while let Some((peer, data)) = self.server.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&data, peer) {
+                // Retransmission covers a lost datagram.
+                debug!("send_to {peer}: {e}");
+            }
+        }
+        while let Some(ev) = self.server.poll_event() {
+            let kind = match ev {
+                ServerEvent::Registered {
+                    endpoint,
+                    location,
+                    lifetime,
+                    peer,
+                } => {
+                    let reg = self.server.registrations().find(|r| r.location == location);
+                    EventKind::Registered {
+                        ep: endpoint,
+                        location,
+                        lifetime,
+                        lwm2m: reg.map_or("?".into(), |r| r.lwm2m_version.clone()),
+                        binding: reg.map_or("?".into(), |r| r.binding.clone()),
+                        peer: peer.to_string(),
+                    }
+                }
+                ServerEvent::Updated { endpoint } => EventKind::Updated { ep: endpoint },
+                ServerEvent::Deregistered { endpoint } => EventKind::Deregistered { ep: endpoint },
+                ServerEvent::Expired { endpoint } => EventKind::Expired { ep: endpoint },
+                ServerEvent::OpFinished {
+                    op,
+                    endpoint,
+                    result,
+                } => {
+                    let pending = self.pending.remove(&op);
+                    let path = pending.as_ref().map_or("?".into(), |p| p.path.clone());
+                    let ep = pending.as_ref().map_or(endpoint, |p| p.ep.clone());
+                    let (code, error) = match &result {
+                        Ok(r) => (Some(r.code.clone()), None),
+                        Err(e) => (None, Some(e.clone())),
+                    };
+                    if let Some(p) = pending {
+                        // The waiter may have given up; nothing to do then.
+                        let _ = p.reply.send(result.map_err(ReadError::Exchange));
+                    }
+                    EventKind::Read {
+                        ep,
+                        path,
+                        code,
+                        error,
+                    }
+                }
+            };
+            self.events.record(now.utc, kind);
+        }
+    }
+}
+
+fn client_info(r: &crate::lwm2m_server::Registration) -> ClientInfo {
+    ClientInfo {
+        endpoint: r.endpoint.clone(),
+        location: r.location.clone(),
+        lifetime: r.lifetime,
+        lwm2m_version: r.lwm2m_version.clone(),
+        binding: r.binding.clone(),
+        object_links: r.objects.clone(),
+        peer: r.peer.to_string(),
+        security_mode: "nosec".into(),
+        registered_at: rfc3339(r.registered_at),
+        last_update: rfc3339(r.last_update),
+    }
+}
+
+/// Starts test servers.
+pub struct TestServer;
+
+impl TestServer {
+    /// Binds the sockets and starts the server thread and (if configured) the control API.
+    /// Returns once both are accepting.
+    pub fn start(cfg: TestServerConfig) -> Result<TestServerHandle, StartError> {
+        let socket = UdpSocket::bind(cfg.lwm2m_addr).map_err(|source| StartError::BindLwm2m {
+            addr: cfg.lwm2m_addr,
+            source,
+        })?;
+        let lwm2m_addr = socket.local_addr()?;
+        let wake_to = SocketAddr::new(loopback_like(lwm2m_addr.ip()), lwm2m_addr.port());
+        let waker = UdpSocket::bind(SocketAddr::new(wake_to.ip(), 0))?;
+        let waker_addr = waker.local_addr()?;
+        let events = Arc::new(
+            EventLog::new(
+                cfg.event_capacity,
+                cfg.events_file.as_deref(),
+                cfg.echo_events,
+            )
+            .map_err(StartError::EventsFile)?,
+        );
+        let seed = match cfg.seed {
+            Some(s) => s,
+            None => os_seed()?,
+        };
+        let (tx, rx) = mpsc::channel();
+        let ctl = ServerCtl {
+            tx,
+            waker: Arc::new(waker),
+            wake_to,
+            read_timeout: cfg.read_timeout,
+        };
+        // Bind the control API before starting anything, so a failure leaves no thread.
+        let control = match cfg.control_addr {
+            Some(addr) => Some(
+                crate::control::ControlServer::bind(addr, ctl.clone(), events.clone())
+                    .map_err(|source| StartError::BindControl { addr, source })?,
+            ),
+            None => None,
+        };
+        let lp = Lwm2mLoop {
+            socket,
+            waker_addr,
+            server: Lwm2mServer::new(cfg.tx_params, seed),
+            clock: Clock {
+                origin: std::time::Instant::now(),
+            },
+            rx,
+            events: events.clone(),
+            pending: HashMap::new(),
+        };
+        let lwm2m_thread = std::thread::Builder::new()
+            .name("lwm2m-server".into())
+            .spawn(move || lp.run())?;
+        let (control_addr, control) = match control {
+            Some(c) => (Some(c.local_addr()), Some(c.spawn()?)),
+            None => (None, None),
+        };
+        info!(
+            "LwM2M server on coap://{lwm2m_addr}{}",
+            control_addr.map_or(String::new(), |a| format!(", control API on http://{a}"))
+        );
+        Ok(TestServerHandle {
+            lwm2m_addr,
+            control_addr,
+            events,
+            ctl,
+            lwm2m_thread: Some(lwm2m_thread),
+            control,
+        })
+    }
+}
+
+/// A running test server; stops when dropped.
+pub struct TestServerHandle {
+    lwm2m_addr: SocketAddr,
+    control_addr: Option<SocketAddr>,
+    events: Arc<EventLog>,
+    ctl: ServerCtl,
+    lwm2m_thread: Option<JoinHandle<()>>,
+    control: Option<crate::control::RunningControl>,
+}
+
+impl TestServerHandle {
+    /// Where the LwM2M server listens (the actual port if 0 was asked for).
+    pub fn lwm2m_addr(&self) -> SocketAddr {
+        self.lwm2m_addr
+    }
+
+    /// The `coap://` URI devices register at.
+    pub fn lwm2m_uri(&self) -> String {
+        format!("coap://{}", self.lwm2m_addr)
+    }
+
+    /// Where the control API listens, if it runs.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
+    }
+
+    /// The events so far (the in-memory ring), oldest first.
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.events.snapshot()
+    }
+
+    /// The event sink, e.g. to wait for an event.
+    pub fn event_log(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    /// Waits up to `timeout` for an event `name` ("registered", ...) of endpoint `ep`.
+    pub fn wait_for_event(&self, name: &str, ep: &str, timeout: Duration) -> Option<EventRecord> {
+        self.events.wait_for(timeout, |r| {
+            r.kind.name() == name && r.kind.endpoint() == ep
+        })
+    }
+
+    /// A handle for talking to the server thread (the same one the control API uses).
+    pub fn ctl(&self) -> &ServerCtl {
+        &self.ctl
+    }
+
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        self.ctl.clients()
+    }
+
+    pub fn read(&self, ep: &str, path: &str, accept: Option<u16>) -> Result<OpResult, ReadError> {
+        self.ctl.read(ep, path, accept, None)
+    }
+
+    /// True while the server thread runs.
+    pub fn is_running(&self) -> bool {
+        self.lwm2m_thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the control API and the server thread and waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+        if let Some(t) = self.lwm2m_thread.take() {
+            self.ctl.send(Command::Stop);
+            if t.join().is_err() {
+                warn!("the LwM2M server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for TestServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
