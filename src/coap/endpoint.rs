@@ -13,6 +13,11 @@ use std::collections::VecDeque;
 use coap_lite::{MessageClass, MessageType, Packet};
 use log::{debug, trace};
 
+mod blockwise;
+
+pub use blockwise::BlockFailure;
+
+use super::block::BlockOption;
 use super::dedup::{MessageCache, Seen};
 use super::params::TxParams;
 use super::{code, decode_uint, empty_message, raw_code, set_raw_code, CoapOption};
@@ -36,6 +41,8 @@ pub enum ExchangeError {
     Encode,
     #[error("the exchange was cancelled")]
     Cancelled,
+    #[error("block-wise transfer refused: {0}")]
+    Block(BlockFailure),
 }
 
 /// A request from the peer, new (duplicates never surface).
@@ -126,6 +133,8 @@ struct Queued {
 struct Observation {
     handle: RequestHandle,
     token: Vec<u8>,
+    /// The registering request, for fetching the rest of large notifications.
+    request: Packet,
     /// The freshest Observe value seen and when (RFC 7641 §3.4 ordering).
     last: Option<(u32, Instant)>,
 }
@@ -173,6 +182,16 @@ pub struct Endpoint {
     observations: Vec<Observation>,
     non_sent: VecDeque<NonSent>,
     cache: MessageCache,
+    in_buffer_size: usize,
+    max_reassembly: usize,
+    block_cache_bytes: usize,
+    transfers: Vec<blockwise::ClientTransfer>,
+    rx_block1: Vec<blockwise::Block1Rx>,
+    tx_block2: VecDeque<blockwise::Block2Cache>,
+    /// Completed Block1 uploads by (MID, token): their final response carries this Block1.
+    block1_final: Vec<(u16, Vec<u8>, BlockOption)>,
+    /// Observe registrations' tokens and resource keys, for large notifications.
+    observed_keys: VecDeque<(Vec<u8>, Vec<u8>)>,
     tx: VecDeque<Vec<u8>>,
     events: VecDeque<EndpointEvent>,
     stats: Stats,
@@ -180,6 +199,10 @@ pub struct Endpoint {
 
 /// Length of the tokens we generate: long enough to make off-path spoofing impractical.
 const TOKEN_LEN: usize = 8;
+/// Default bound on a body reassembled from blocks (an EST certificate chain fits).
+pub const DEFAULT_MAX_REASSEMBLY: usize = 64 * 1024;
+/// Default bytes of large representations kept for Block2 follow-up requests.
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 32 * 1024;
 
 impl Endpoint {
     /// A new endpoint. `rng` seeds message IDs, tokens and retransmission jitter;
@@ -203,6 +226,14 @@ impl Endpoint {
             observations: Vec::new(),
             non_sent: VecDeque::new(),
             cache: MessageCache::new(cache_bytes),
+            in_buffer_size: max_message_size,
+            max_reassembly: DEFAULT_MAX_REASSEMBLY,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            transfers: Vec::new(),
+            rx_block1: Vec::new(),
+            tx_block2: VecDeque::new(),
+            block1_final: Vec::new(),
+            observed_keys: VecDeque::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -266,13 +297,17 @@ impl Endpoint {
     }
 
     /// Queues a request (code and options set by the caller); the endpoint sets type, MID and
-    /// token. Fails at once if the packet can never fit the buffer.
+    /// token. A body too large for one datagram goes out block-wise (Block1), and a
+    /// block-wise response arrives as one `Response` with the whole body. Fails at once if
+    /// even the smallest block cannot fit the buffer.
     pub fn send_request(
         &mut self,
         now: Instant,
-        mut packet: Packet,
+        packet: Packet,
         confirmable: bool,
     ) -> Result<RequestHandle, ExchangeError> {
+        let handle = RequestHandle(self.next_handle);
+        let (transfer, mut packet) = self.begin_transfer(now, handle, packet, confirmable)?;
         packet.set_token(self.new_token());
         packet.header.set_type(if confirmable {
             MessageType::Confirmable
@@ -281,6 +316,7 @@ impl Endpoint {
         });
         self.encode(&packet)?;
         let handle = self.alloc_handle();
+        self.transfers.push(transfer);
         self.queued.push_back(Queued {
             handle,
             packet,
@@ -314,6 +350,7 @@ impl Endpoint {
             let bytes = match self.encode(&packet) {
                 Ok(b) => b,
                 Err(error) => {
+                    self.transfers.retain(|t| t.handle != q.handle);
                     self.events.push_back(EndpointEvent::Failed {
                         handle: q.handle,
                         error,
@@ -357,15 +394,23 @@ impl Endpoint {
     /// fit the buffer is replaced by 5.00 and logged.
     pub fn respond(&mut self, now: Instant, req: &InboundRequest, mut response: Packet) {
         response.set_token(req.token.clone());
+        let response = self.prepare_response(now, req, response);
         if let Some(i) = self
             .deferred
             .iter()
             .position(|(mid, tok)| *mid == req.mid && *tok == req.token)
         {
             self.deferred.swap_remove(i);
-            self.send_message(now, req.token.clone(), response, true);
+            self.send_message_inner(now, req.token.clone(), response, true);
             return;
         }
+        self.respond_plain(now, req, response);
+    }
+
+    /// Sends `response` piggybacked (CON request) or as NON, recorded for duplicates; no
+    /// block-wise slicing.
+    fn respond_plain(&mut self, _now: Instant, req: &InboundRequest, mut response: Packet) {
+        response.set_token(req.token.clone());
         if req.confirmable {
             response.header.set_type(MessageType::Acknowledgement);
             response.header.message_id = req.mid;
@@ -412,6 +457,19 @@ impl Endpoint {
     /// Sends a response-class message outside a piggybacked ACK (a separate response or an
     /// Observe notification) for `token`; confirmable ones are retransmitted until ACKed.
     pub fn send_message(
+        &mut self,
+        now: Instant,
+        token: Vec<u8>,
+        mut packet: Packet,
+        confirmable: bool,
+    ) -> RequestHandle {
+        packet.set_token(token.clone());
+        let key = self.observed_key(&token);
+        let packet = self.slice_response(now, key, None, packet);
+        self.send_message_inner(now, token, packet, confirmable)
+    }
+
+    fn send_message_inner(
         &mut self,
         now: Instant,
         token: Vec<u8>,
@@ -467,6 +525,7 @@ impl Endpoint {
 
     /// Stops retransmitting and forgets an exchange; no event is produced for it.
     pub fn cancel(&mut self, now: Instant, handle: RequestHandle) {
+        self.transfers.retain(|t| t.handle != handle);
         self.active.retain(|o| o.handle != handle);
         self.queued.retain(|q| q.handle != handle);
         self.start_queued(now);
@@ -474,6 +533,7 @@ impl Endpoint {
 
     /// Drops every exchange in flight, reporting each as cancelled.
     pub fn cancel_all(&mut self) {
+        self.transfers.clear();
         let handles: Vec<_> = self
             .active
             .drain(..)
@@ -514,17 +574,16 @@ impl Endpoint {
                 if o.observe && code::is_success(raw_code(&packet)) {
                     if let Some(seq) = observe_value(&packet) {
                         debug!("coap: observation started (handle {})", o.handle.0);
+                        let request = self.transfer_template(o.handle);
                         self.observations.push(Observation {
                             handle: o.handle,
                             token: o.token,
+                            request,
                             last: Some((seq, now)),
                         });
                     }
                 }
-                self.events.push_back(EndpointEvent::Response {
-                    handle: o.handle,
-                    packet,
-                })
+                self.on_response(now, o.handle, packet);
             }
             (Kind::Message, _) => self
                 .events
@@ -536,6 +595,7 @@ impl Endpoint {
 
     fn fail(&mut self, now: Instant, idx: usize, error: ExchangeError) {
         let o = self.active.swap_remove(idx);
+        self.transfers.retain(|t| t.handle != o.handle);
         self.events.push_back(EndpointEvent::Failed {
             handle: o.handle,
             error,
@@ -638,14 +698,17 @@ impl Endpoint {
                         self.push_tx(resp);
                     }
                     Seen::Pending => trace!("coap: duplicate mid={mid} still pending, dropped"),
-                    Seen::New => self
-                        .events
-                        .push_back(EndpointEvent::Request(InboundRequest {
+                    Seen::New => {
+                        let req = InboundRequest {
                             mid,
                             token: packet.get_token().to_vec(),
                             confirmable,
                             packet,
-                        })),
+                        };
+                        if let Some(req) = self.on_inbound_request(now, req) {
+                            self.events.push_back(EndpointEvent::Request(req));
+                        }
+                    }
                 }
             }
             (ty @ (MessageType::Confirmable | MessageType::NonConfirmable), _) => {
@@ -709,12 +772,32 @@ impl Endpoint {
             obs.last = Some((v2, now));
         }
         let handle = obs.handle;
-        self.events
-            .push_back(EndpointEvent::Notification { handle, packet });
+        let request = obs.request.clone();
+        if let Some(packet) = self.fetch_notification_rest(now, handle, &request, packet) {
+            self.events
+                .push_back(EndpointEvent::Notification { handle, packet });
+        }
     }
 
     /// Retransmits what is due and gives up on exchanges past their limits.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<RequestHandle> = self
+            .transfers
+            .iter()
+            .filter(|t| t.deadline.is_some_and(|d| d <= now))
+            .map(|t| t.handle)
+            .collect();
+        for handle in expired {
+            debug!("coap: block-wise transfer {} ran out of time", handle.0);
+            self.active.retain(|o| o.handle != handle);
+            self.queued.retain(|q| q.handle != handle);
+            self.transfers.retain(|t| t.handle != handle);
+            self.events.push_back(EndpointEvent::Failed {
+                handle,
+                error: ExchangeError::Timeout,
+            });
+        }
+        self.start_queued(now);
         let mut i = 0;
         while i < self.active.len() {
             match self.active[i].state {
@@ -765,6 +848,7 @@ impl Endpoint {
                 State::AwaitingAck { next, .. } => next,
                 State::AwaitingResponse { deadline } => deadline,
             })
+            .chain(self.transfers.iter().filter_map(|t| t.deadline))
             .min()
     }
 
@@ -975,7 +1059,9 @@ mod tests {
     #[test]
     fn oversized_request_is_refused_up_front() {
         let (mut c, _) = pair();
+        // Options alone larger than the buffer: not even a 16-byte block fits.
         let mut p = new_request(code::POST, "/big");
+        super::super::add_uri_query(&mut p, &"q".repeat(1200));
         p.payload = vec![0u8; 4000];
         assert_eq!(
             c.send_request(Instant::ZERO, p, true),
