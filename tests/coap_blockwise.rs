@@ -47,6 +47,8 @@ struct Link {
     jitter_ms: u32,
     queue: BinaryHeap<InFlight>,
     seq: u64,
+    /// After this many datagrams the link goes dead (a peer that disappears).
+    cut_after: Option<u64>,
 }
 
 impl Link {
@@ -58,10 +60,17 @@ impl Link {
             jitter_ms,
             queue: BinaryHeap::new(),
             seq: 0,
+            cut_after: None,
         }
     }
 
     fn send(&mut self, now: Instant, to: To, bytes: Vec<u8>) {
+        if let Some(n) = self.cut_after.as_mut() {
+            if *n == 0 {
+                return;
+            }
+            *n -= 1;
+        }
         if self.rng.next_f64() < self.loss {
             return;
         }
@@ -723,4 +732,37 @@ fn large_notification_is_fetched_and_delivered_whole() {
     assert_eq!(got.payload, second);
     assert_eq!(coap::uint_option(&got, CoapOption::Observe), Some(2));
     assert!(obs.is_observing(h));
+}
+
+#[test]
+fn peer_vanishing_mid_transfer_fails_within_the_exchange_lifetime() {
+    let lifetime = TxParams::default().exchange_lifetime();
+    for cut in [1u64, 5, 9] {
+        let mut pair = Pair::new(6, 0.0, 0.0, 0, body(16 * 1024, 15));
+        pair.link.cut_after = Some(cut);
+        let o = pair.get_big();
+        assert_eq!(
+            o.result.unwrap_err(),
+            ExchangeError::Timeout,
+            "cut after {cut}"
+        );
+        assert!(o.elapsed <= lifetime);
+        // The block that got no answer was sent 1 + MAX_RETRANSMIT times, no more.
+        assert!(
+            o.client_sent <= cut.div_ceil(2) + 5,
+            "cut {cut}: {}",
+            o.client_sent
+        );
+        assert!(pair.c.is_idle());
+        assert_eq!(pair.c.poll_timeout(), None, "nothing left scheduled");
+    }
+    let mut pair = Pair::new(7, 0.0, 0.0, 0, Vec::new());
+    pair.link.cut_after = Some(3);
+    let o = pair.put_up(&body(4096, 16));
+    assert_eq!(o.result.unwrap_err(), ExchangeError::Timeout);
+    assert!(o.elapsed <= lifetime);
+    assert!(
+        pair.app.uploads.is_empty(),
+        "a partial upload never surfaces"
+    );
 }
