@@ -766,3 +766,54 @@ fn peer_vanishing_mid_transfer_fails_within_the_exchange_lifetime() {
         "a partial upload never surfaces"
     );
 }
+
+#[test]
+fn unanswered_notification_fetch_is_dropped_and_the_observation_stays() {
+    let mut r = SeededRng::new(8);
+    let mut obs = Endpoint::new(TxParams::default(), MTU, CACHE, &mut r);
+    let t = Instant::ZERO;
+    let mut get = new_request(code::GET, "/3/0/9");
+    get.add_option(CoapOption::Observe, Vec::new());
+    let h = obs.send_request(t, get, true).unwrap();
+    let req = Packet::from_bytes(&obs.poll_transmit().unwrap()).unwrap();
+    let mut first = new_response(code::CONTENT);
+    first.header.set_type(MessageType::Acknowledgement);
+    first.header.message_id = req.header.message_id;
+    first.set_token(req.get_token().to_vec());
+    first.add_option(CoapOption::Observe, vec![1]);
+    first.payload = b"1".to_vec();
+    obs.handle_datagram(t, &first.to_bytes().unwrap()).unwrap();
+    assert!(matches!(
+        obs.poll_event(),
+        Some(EndpointEvent::Response { .. })
+    ));
+    // Block 0 of a large notification; the device then never answers the fetch.
+    let mut n = new_response(code::CONTENT);
+    n.header.set_type(MessageType::NonConfirmable);
+    n.header.message_id = 500;
+    n.set_token(req.get_token().to_vec());
+    n.add_option(CoapOption::Observe, vec![2]);
+    n.add_option(CoapOption::Block2, opt(0, true, 6).encode());
+    n.payload = vec![5; 1024];
+    obs.handle_datagram(t, &n.to_bytes_with_limit(2000).unwrap())
+        .unwrap();
+    let mut sent = 0;
+    while obs.poll_transmit().is_some() {
+        sent += 1;
+    }
+    while let Some(next) = obs.poll_timeout() {
+        obs.handle_timeout(next);
+        while obs.poll_transmit().is_some() {
+            sent += 1;
+        }
+    }
+    assert_eq!(
+        sent, 5,
+        "the block 1 request, retransmitted up to MAX_RETRANSMIT"
+    );
+    assert!(
+        obs.poll_event().is_none(),
+        "no event for a fetch the caller never made"
+    );
+    assert!(obs.is_observing(h));
+}

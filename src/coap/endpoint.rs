@@ -4,8 +4,10 @@
 //! back-off (RFC 7252 §4.2), matches responses to requests (piggybacked in the ACK or
 //! separate, after an empty ACK), answers duplicates from the [`MessageCache`], rejects
 //! what it cannot match with RST, and enforces NSTART. It keeps Observe (RFC 7641) tokens
-//! live on the observer side and reports RSTs to notifications on the notifier side. It
-//! does not know LwM2M paths or sockets: callers feed datagrams in and take datagrams out.
+//! live on the observer side and reports RSTs to notifications on the notifier side.
+//! Block-wise transfers (RFC 7959, submodule `blockwise`) happen underneath, so callers
+//! only ever see whole bodies. It does not know LwM2M paths or sockets: callers feed
+//! datagrams in and take datagrams out.
 
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -350,11 +352,7 @@ impl Endpoint {
             let bytes = match self.encode(&packet) {
                 Ok(b) => b,
                 Err(error) => {
-                    self.transfers.retain(|t| t.handle != q.handle);
-                    self.events.push_back(EndpointEvent::Failed {
-                        handle: q.handle,
-                        error,
-                    });
+                    self.fail_transfer(q.handle, error);
                     continue;
                 }
             };
@@ -595,11 +593,13 @@ impl Endpoint {
 
     fn fail(&mut self, now: Instant, idx: usize, error: ExchangeError) {
         let o = self.active.swap_remove(idx);
-        self.transfers.retain(|t| t.handle != o.handle);
-        self.events.push_back(EndpointEvent::Failed {
-            handle: o.handle,
-            error,
-        });
+        match o.kind {
+            Kind::Request => self.fail_transfer(o.handle, error),
+            Kind::Message => self.events.push_back(EndpointEvent::Failed {
+                handle: o.handle,
+                error,
+            }),
+        }
         self.start_queued(now);
     }
 
@@ -791,11 +791,7 @@ impl Endpoint {
             debug!("coap: block-wise transfer {} ran out of time", handle.0);
             self.active.retain(|o| o.handle != handle);
             self.queued.retain(|q| q.handle != handle);
-            self.transfers.retain(|t| t.handle != handle);
-            self.events.push_back(EndpointEvent::Failed {
-                handle,
-                error: ExchangeError::Timeout,
-            });
+            self.fail_transfer(handle, ExchangeError::Timeout);
         }
         self.start_queued(now);
         let mut i = 0;

@@ -1,5 +1,5 @@
 //! CoAP (RFC 7252) for both ends of an LwM2M conversation: message helpers over `coap-lite`,
-//! transmission parameters, the deduplication cache, and [`Endpoint`] — the per-peer
+//! transmission parameters, the deduplication cache, block-wise transfers, and [`Endpoint`] — the per-peer
 //! exchange layer that owns message IDs, tokens, retransmission, piggybacked and separate
 //! responses and RST.
 //!

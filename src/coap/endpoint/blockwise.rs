@@ -294,10 +294,20 @@ impl Endpoint {
         self.start_queued(now);
     }
 
-    fn fail_transfer(&mut self, handle: RequestHandle, error: ExchangeError) {
-        self.transfers.retain(|t| t.handle != handle);
-        self.events
-            .push_back(EndpointEvent::Failed { handle, error });
+    /// Ends a request of ours with `error`. The remaining blocks of a notification are not
+    /// a request of the caller's: failing to fetch them is logged and the observation stays
+    /// (the next notification brings a fresh value).
+    pub(super) fn fail_transfer(&mut self, handle: RequestHandle, error: ExchangeError) {
+        let notification = match self.transfers.iter().position(|t| t.handle == handle) {
+            Some(i) => self.transfers.swap_remove(i).notification,
+            None => false,
+        };
+        if notification {
+            debug!("coap: fetching the rest of a notification failed: {error}");
+        } else {
+            self.events
+                .push_back(EndpointEvent::Failed { handle, error });
+        }
     }
 
     /// Routes the response to one request of ours: the next block, or the caller's event.
