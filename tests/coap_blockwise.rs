@@ -817,3 +817,24 @@ fn unanswered_notification_fetch_is_dropped_and_the_observation_stays() {
     );
     assert!(obs.is_observing(h));
 }
+
+#[test]
+fn block2_follow_up_for_a_vanished_resource_gets_the_error_code() {
+    let mut r = SeededRng::new(9);
+    let mut s = Endpoint::new(TxParams::default(), MTU, CACHE, &mut r);
+    s.set_block_cache_bytes(0);
+    let mut p = new_request(code::GET, "/big");
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = 7;
+    p.set_token(vec![1, 2]);
+    p.add_option(CoapOption::Block2, opt(3, false, 6).encode());
+    s.handle_datagram(Instant::ZERO, &p.to_bytes().unwrap())
+        .unwrap();
+    let Some(EndpointEvent::Request(req)) = s.poll_event() else {
+        panic!("a cache miss surfaces")
+    };
+    s.respond(Instant::ZERO, &req, new_response(code::NOT_FOUND));
+    let a = Packet::from_bytes(&s.poll_transmit().unwrap()).unwrap();
+    assert_eq!(raw_code(&a), code::NOT_FOUND);
+    assert!(a.get_first_option(CoapOption::Block2).is_none());
+}

@@ -711,8 +711,11 @@ impl Endpoint {
         let asked_smaller =
             requested.is_some_and(|b| response.payload.len() > block_size(b.szx).unwrap_or(0));
         let asked_later = requested.is_some_and(|b| b.num > 0);
+        // Error answers are never sliced: their (diagnostic) payload is short, and a Block2
+        // follow-up for a vanished resource must get the 4.04, not a range error.
         if (fits && !asked_smaller && !asked_later)
             || response.get_first_option(CoapOption::Block2).is_some()
+            || (!code::is_success(raw_code(&response)) && fits)
         {
             return response;
         }
