@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod dm;
 pub mod dtls;
 pub mod error;
+pub mod est;
 pub mod ffi;
 pub mod io;
 pub mod lwm2m;
