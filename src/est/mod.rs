@@ -3,9 +3,11 @@
 //! certificate, and [`CacertsPolicy`] says when `/est/crts` is fetched and what it is for.
 //! Sans-IO like the rest of the core.
 
+pub mod enroll;
 pub mod payload;
 pub mod policy;
 
+pub use enroll::{EstClient, EstOperation, EstOutcome};
 pub use payload::{accept_enrolled, certificates, Enrolled, EstError};
 pub use policy::{schedule, ReenrollConfig, ReenrollSchedule};
 
