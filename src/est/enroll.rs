@@ -41,7 +41,7 @@ impl EstOperation {
 #[derive(Clone, Debug)]
 pub enum EstOutcome {
     CaCerts(Vec<Certificate>),
-    Enrolled(Enrolled),
+    Enrolled(Box<Enrolled>),
     Failed {
         operation: EstOperation,
         reason: String,
@@ -289,7 +289,7 @@ impl EstClient {
                             e.certificate.serial_hex(),
                             e.certificate.not_after().unix_seconds()
                         );
-                        Some(EstOutcome::Enrolled(e))
+                        Some(EstOutcome::Enrolled(Box::new(e)))
                     }
                     Err(err) => self.fail(op, err.to_string()),
                 }
