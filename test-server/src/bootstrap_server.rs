@@ -3,7 +3,9 @@
 //! -Read, -Discover), ending with Bootstrap-Finish and checking the client's answer.
 //!
 //! One operation is in flight per client; each answer becomes a [`BootstrapEvent::Step`],
-//! so tests and the event log see every step. Sockets and DTLS live in `run.rs`.
+//! so tests and the event log see every step. The same endpoint serves EST
+//! ([`crate::est_server::EstCa`]) when one is configured. Sockets and DTLS live in `run.rs`;
+//! the DTLS layer says who a peer is through [`BootstrapServer::set_peer_auth`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use estuary::dm::tlv::{self, Tlv, TlvType};
 use estuary::dm::Value;
 use estuary::rng::SeededRng;
 use estuary::time::{Instant, Now};
+
+use crate::est_server::{EstCa, EstEvent, PeerAuth};
 
 /// A management-server account the bootstrap server writes into the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +202,12 @@ pub enum BootstrapEvent {
         endpoint: String,
         reason: String,
     },
+    /// The EST CA answered a request (`endpoint` as known from bootstrap or the peer's
+    /// certificate, else the peer address).
+    Est {
+        endpoint: String,
+        event: EstEvent,
+    },
 }
 
 /// A provisioning run for one client.
@@ -215,6 +225,10 @@ pub struct BootstrapServer {
     provisioning: HashMap<String, Provisioning>,
     peers: HashMap<SocketAddr, Endpoint>,
     runs: HashMap<SocketAddr, Run>,
+    est: Option<EstCa>,
+    auth: HashMap<SocketAddr, PeerAuth>,
+    /// Endpoint names of peers that sent a Bootstrap-Request.
+    names: HashMap<SocketAddr, String>,
     tx: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<BootstrapEvent>,
 }
@@ -228,6 +242,9 @@ impl BootstrapServer {
             provisioning: HashMap::new(),
             peers: HashMap::new(),
             runs: HashMap::new(),
+            est: None,
+            auth: HashMap::new(),
+            names: HashMap::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -236,6 +253,28 @@ impl BootstrapServer {
     /// Sets what the server does when `endpoint` asks to be bootstrapped.
     pub fn provision(&mut self, endpoint: &str, p: Provisioning) {
         self.provisioning.insert(endpoint.to_string(), p);
+    }
+
+    /// Serves EST on this endpoint.
+    pub fn set_est(&mut self, ca: EstCa) {
+        self.est = Some(ca);
+    }
+
+    pub fn est_mut(&mut self) -> Option<&mut EstCa> {
+        self.est.as_mut()
+    }
+
+    /// Records how the DTLS layer authenticated `peer` (plain CoAP peers are `None`).
+    pub fn set_peer_auth(&mut self, peer: SocketAddr, auth: PeerAuth) {
+        self.auth.insert(peer, auth);
+    }
+
+    /// Forgets a peer whose connection closed.
+    pub fn forget_peer(&mut self, peer: SocketAddr) {
+        self.auth.remove(&peer);
+        self.names.remove(&peer);
+        self.runs.remove(&peer);
+        self.peers.remove(&peer);
     }
 
     /// True while a provisioning run for `endpoint` is under way.
@@ -290,7 +329,7 @@ impl BootstrapServer {
             let Some(ev) = ev else { return };
             match ev {
                 EndpointEvent::Request(req) => {
-                    let (resp, start) = self.handle_request(peer, &req);
+                    let (resp, start) = self.handle_request(now, peer, &req);
                     if let Some(ep) = self.peers.get_mut(&peer) {
                         ep.respond(now.mono, &req, resp);
                     }
@@ -312,11 +351,15 @@ impl BootstrapServer {
     /// Answers a Bootstrap-Request; returns the provisioning to start when accepted.
     fn handle_request(
         &mut self,
+        now: Now,
         peer: SocketAddr,
         req: &InboundRequest,
     ) -> (coap::Packet, Option<(String, Provisioning)>) {
         let p = &req.packet;
         let path = coap::uri_path(p).unwrap_or_default();
+        if EstCa::serves(&path) {
+            return (self.handle_est(now, peer, p), None);
+        }
         if coap::raw_code(p) != code::POST || path != ["bs"] {
             return (coap::new_response(code::NOT_FOUND), None);
         }
@@ -329,6 +372,7 @@ impl BootstrapServer {
             debug!("Bootstrap-Request without ep= from {peer}");
             return (coap::new_response(code::BAD_REQUEST), None);
         };
+        self.names.insert(peer, ep.clone());
         match self.provisioning.get(&ep) {
             Some(prov) => {
                 self.events.push_back(BootstrapEvent::Requested {
@@ -347,6 +391,27 @@ impl BootstrapServer {
                 (coap::new_response(code::BAD_REQUEST), None)
             }
         }
+    }
+
+    fn handle_est(&mut self, now: Now, peer: SocketAddr, p: &coap::Packet) -> coap::Packet {
+        let auth = self.auth.get(&peer).cloned().unwrap_or(PeerAuth::None);
+        let Some(est) = self.est.as_mut() else {
+            return coap::new_response(code::NOT_FOUND);
+        };
+        let (resp, event) = est.handle(now.utc, p, &auth);
+        if let Some(event) = event {
+            let endpoint = match (&auth, self.names.get(&peer)) {
+                (_, Some(name)) => name.clone(),
+                (PeerAuth::Certificate(c), None) => c
+                    .subject_common_name()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| peer.to_string()),
+                _ => peer.to_string(),
+            };
+            self.events
+                .push_back(BootstrapEvent::Est { endpoint, event });
+        }
+        resp
     }
 
     /// (Re)starts provisioning for a client: a repeated Bootstrap-Request starts over.
@@ -712,5 +777,68 @@ mod tests {
         };
         assert!(reason.starts_with("delete /:"), "{reason}");
         assert!(t <= 93_000, "gave up at {t} ms");
+    }
+
+    #[test]
+    fn est_requests_are_served_on_the_same_endpoint_with_the_peer_identity() {
+        use estuary::crypto::{CertificateIssuer, Drbg, KeyPair, TrustStore};
+        let mut rng = Drbg::from_seed(1);
+        let ca = CertificateIssuer::new_root_ca(
+            KeyPair::generate(&mut rng).unwrap(),
+            "CN=EST CA",
+            UtcTime::from_unix_seconds(1_600_000_000),
+            UtcTime::from_unix_seconds(1_900_000_000),
+            &mut rng,
+        )
+        .unwrap();
+        let ca_der = ca.certificate().der().to_vec();
+        let mut s = server_with("dev1", Provisioning::default());
+        s.set_est(EstCa::new(
+            ca,
+            TrustStore::new(),
+            std::time::Duration::from_secs(60),
+            rng,
+        ));
+        s.set_peer_auth(peer(), PeerAuth::Psk(b"dev1".to_vec()));
+        let mut c = FakeClient::new();
+        let mut req = coap::new_request(code::GET, "/est/crts");
+        coap::set_uint_option(&mut req, coap::CoapOption::Accept, 287);
+        c.ep.send_request(now(0).mono, req, true).unwrap();
+        while let Some(d) = c.ep.poll_transmit() {
+            s.handle_datagram(now(0), peer(), &d);
+        }
+        while let Some((_, d)) = s.poll_transmit() {
+            c.ep.handle_datagram(now(0).mono, &d).unwrap();
+        }
+        let Some(EndpointEvent::Response { packet, .. }) = c.ep.poll_event() else {
+            panic!("no response")
+        };
+        assert_eq!(coap::raw_code(&packet), code::CONTENT);
+        assert_eq!(packet.payload, ca_der);
+        assert_eq!(
+            s.poll_event(),
+            Some(BootstrapEvent::Est {
+                endpoint: "127.0.0.1:40000".into(),
+                event: EstEvent::CaCerts { format: 287 }
+            })
+        );
+        // A malformed CSR is refused, and the refusal is an event.
+        let mut req = coap::new_request(code::POST, "/est/sen");
+        coap::set_content_format(&mut req, content_format::PKCS10);
+        req.payload = vec![0x30, 0x00];
+        c.ep.send_request(now(0).mono, req, true).unwrap();
+        while let Some(d) = c.ep.poll_transmit() {
+            s.handle_datagram(now(0), peer(), &d);
+        }
+        assert!(matches!(
+            s.poll_event(),
+            Some(BootstrapEvent::Est {
+                event: EstEvent::Refused {
+                    operation: "sen",
+                    ..
+                },
+                ..
+            })
+        ));
     }
 }

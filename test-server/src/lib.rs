@@ -9,6 +9,7 @@ pub mod bootstrap_server;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod est_server;
 pub mod events;
 pub mod http;
 pub mod init;
