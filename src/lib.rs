@@ -15,6 +15,7 @@ pub mod est;
 pub mod ffi;
 pub mod io;
 pub mod lwm2m;
+pub mod persist;
 pub mod rng;
 pub mod time;
 

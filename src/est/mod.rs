@@ -6,10 +6,12 @@
 pub mod enroll;
 pub mod payload;
 pub mod policy;
+pub mod state;
 
 pub use enroll::{EstClient, EstOperation, EstOutcome};
 pub use payload::{accept_enrolled, certificates, Enrolled, EstError};
 pub use policy::{schedule, ReenrollConfig, ReenrollSchedule};
+pub use state::EstState;
 
 /// `est_cacerts_policy`: when `/est/crts` is requested and what its certificates are trusted
 /// for (SPEC 4.3).
