@@ -144,6 +144,12 @@
 #define ESTUARY_ERR_SERVICE_UNAVAILABLE -163
 
 /**
+ * A persistence stream; create it with one of the estuary_stream_*_create() functions and
+ * free it with estuary_stream_delete().
+ */
+typedef struct estuary_stream_t estuary_stream_t;
+
+/**
  * An Estuary LwM2M client: its configuration, objects, sockets and event loop. Create it
  * with estuary_new(), free it with estuary_delete(). Not thread-safe except
  * estuary_event_loop_interrupt(): call everything else from one thread at a time.
@@ -385,6 +391,22 @@ typedef struct estuary_device_object_config_t {
 } estuary_device_object_config_t;
 
 /**
+ * How estuary_stream_file_create() opens the file: one of ESTUARY_STREAM_FILE_*.
+ */
+typedef int estuary_stream_file_mode_t;
+
+/**
+ * Reads up to `size` bytes into `buf`; returns how many (0 at the end of the data) or a
+ * negative value on error.
+ */
+typedef ptrdiff_t (*estuary_stream_read_cb_t)(void *arg, uint8_t *buf, size_t size);
+
+/**
+ * Writes all `size` bytes of `data`; returns 0 on success or a negative value on error.
+ */
+typedef int (*estuary_stream_write_cb_t)(void *arg, const uint8_t *data, size_t size);
+
+/**
  * The zero-length duration.
  */
 #define ESTUARY_TIME_DURATION_ZERO (estuary_time_duration_t){ .seconds = 0, .nanoseconds = 0 }
@@ -499,6 +521,16 @@ typedef struct estuary_device_object_config_t {
  * Certificate mode with EST: the certificate is enrolled over EST-coaps.
  */
 #define ESTUARY_SECURITY_EST 4
+
+/**
+ * Open an existing file for reading.
+ */
+#define ESTUARY_STREAM_FILE_READ 1
+
+/**
+ * Create or truncate a file for writing, with mode 0600 (it may hold keys).
+ */
+#define ESTUARY_STREAM_FILE_WRITE 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -638,6 +670,78 @@ int estuary_server_object_purge(struct estuary_t *estuary);
  */
 int estuary_device_object_install(struct estuary_t *estuary,
                                   const struct estuary_device_object_config_t *config);
+
+/**
+ * Opens `path` as a stream: ESTUARY_STREAM_FILE_READ for an existing file, or
+ * ESTUARY_STREAM_FILE_WRITE to create or truncate one with mode 0600. Returns NULL (and
+ * logs why) on failure.
+ */
+struct estuary_stream_t *estuary_stream_file_create(const char *path,
+                                                    estuary_stream_file_mode_t mode);
+
+/**
+ * A stream over a growable memory buffer: writes append, reads consume from the start.
+ */
+struct estuary_stream_t *estuary_stream_membuf_create(void);
+
+/**
+ * A stream over the firmware's own storage (e.g. a flash region): `read_cb` is used when
+ * restoring and `write_cb` when persisting; either may be NULL if the stream is used only
+ * one way. `arg` is passed to both.
+ */
+struct estuary_stream_t *estuary_stream_from_callbacks(estuary_stream_read_cb_t read_cb,
+                                                       estuary_stream_write_cb_t write_cb,
+                                                       void *arg);
+
+/**
+ * The bytes a memory stream holds that have not been read yet: writes `*out_size` and
+ * returns a pointer valid until the stream is next used or deleted. NULL for other
+ * streams.
+ */
+const uint8_t *estuary_stream_membuf_data(struct estuary_stream_t *stream, size_t *out_size);
+
+/**
+ * Appends `size` bytes to a memory stream (to restore from bytes kept elsewhere).
+ */
+int estuary_stream_membuf_write(struct estuary_stream_t *stream, const uint8_t *data, size_t size);
+
+/**
+ * Closes and frees a stream (NULL is ignored).
+ */
+void estuary_stream_delete(struct estuary_stream_t *stream);
+
+/**
+ * Writes the Security object (with its keys: use a 0600 file or protected flash) to
+ * `stream`.
+ */
+int estuary_security_object_persist(struct estuary_t *estuary, struct estuary_stream_t *stream);
+
+/**
+ * Replaces the Security object with the one read from `stream`. On any error (truncated,
+ * corrupt, newer format, invalid instance) the object is left unchanged.
+ */
+int estuary_security_object_restore(struct estuary_t *estuary, struct estuary_stream_t *stream);
+
+/**
+ * True when the Security object changed since it was last persisted or restored (or was
+ * never persisted). False on a NULL handle.
+ */
+bool estuary_security_object_is_modified(struct estuary_t *estuary);
+
+/**
+ * Writes the Server object to `stream`.
+ */
+int estuary_server_object_persist(struct estuary_t *estuary, struct estuary_stream_t *stream);
+
+/**
+ * Replaces the Server object with the one read from `stream`; unchanged on any error.
+ */
+int estuary_server_object_restore(struct estuary_t *estuary, struct estuary_stream_t *stream);
+
+/**
+ * True when the Server object changed since it was last persisted or restored.
+ */
+bool estuary_server_object_is_modified(struct estuary_t *estuary);
 
 #ifdef __cplusplus
 }  // extern "C"

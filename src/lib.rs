@@ -11,9 +11,11 @@ pub mod crypto;
 pub mod dm;
 pub mod dtls;
 pub mod error;
+pub mod est;
 pub mod ffi;
 pub mod io;
 pub mod lwm2m;
+pub mod persist;
 pub mod rng;
 pub mod time;
 

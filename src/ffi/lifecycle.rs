@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) driver: Driver,
     pub(crate) security_installed: bool,
     pub(crate) server_installed: bool,
+    /// What was last persisted or restored, for the *_is_modified() calls.
+    pub(crate) persist: crate::persist::ModificationTracker,
 }
 
 /// Releases the busy flag, and marks the handle unusable if the call panicked.
@@ -120,6 +122,7 @@ pub unsafe extern "C" fn estuary_new(config: *const estuary_configuration_t) -> 
                 driver,
                 security_installed: false,
                 server_installed: false,
+                persist: Default::default(),
             }),
         });
         Ok(Box::into_raw(handle))

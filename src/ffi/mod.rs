@@ -33,6 +33,10 @@ pub mod lifecycle;
 
 pub mod objects;
 
+pub mod stream;
+
+pub mod persist;
+
 use std::borrow::Cow;
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{self, AssertUnwindSafe};

@@ -1,13 +1,15 @@
-//! `estuary-testserver`: Estuary's own LwM2M Server (and, as the product grows, Bootstrap
-//! Server and EST-coaps server) for examples, tests and developers' workstations.
+//! `estuary-testserver`: Estuary's own LwM2M Server and Bootstrap Server
+//! (and, as the product grows, EST-coaps server) for examples, tests and developers' workstations.
 //!
 //! The protocol parts are sans-IO and reuse the client's CoAP, data-model and crypto code;
 //! `run` adds sockets, the real clock and the HTTP control API; `sim` puts a client and the
 //! server in one process on a virtual clock and a lossy link.
 
+pub mod bootstrap_server;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod est_server;
 pub mod events;
 pub mod http;
 pub mod init;
