@@ -3,6 +3,7 @@
 //! here later. Sans-IO like the rest of the core.
 
 pub mod registration;
+pub mod transport;
 pub mod uri;
 
 pub use registration::{RegistrationState, ServerSession};

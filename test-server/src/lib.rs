@@ -6,12 +6,14 @@
 //! server in one process on a virtual clock and a lossy link.
 
 pub mod cli;
+pub mod coaps;
 pub mod config;
 pub mod control;
 pub mod events;
 pub mod http;
 pub mod init;
 pub mod lwm2m_server;
+pub mod pki;
 pub mod render;
 pub mod run;
 pub mod sim;

@@ -23,6 +23,7 @@ use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
 use estuary::{Client, ClientConfig, ConnectionId, Event};
 
+use crate::coaps::{SecureEvent, SecureListener, SecureListenerConfig};
 use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpResult, ServerEvent};
 
 /// 2026-01-01T00:00:00Z, where the virtual wall clock starts by default.
@@ -150,6 +151,11 @@ pub struct SimConfig {
     pub start: Now,
     /// Keep every datagram in [`Sim::capture`] (on by default).
     pub capture: bool,
+    /// The client's Security instance when not the NoSec default (PSK or Certificate mode:
+    /// its URI must be `coaps://` at `server_uri`'s address).
+    pub client_security: Option<SecurityInstance>,
+    /// Put the server behind DTLS with these credentials (a secure link).
+    pub server_dtls: Option<SecureListenerConfig>,
 }
 
 impl SimConfig {
@@ -168,7 +174,19 @@ impl SimConfig {
             downlink: LinkConfig::clean(),
             start: Now::new(SIM_EPOCH_MONO, SIM_EPOCH_UTC),
             capture: true,
+            client_security: None,
+            server_dtls: None,
         }
+    }
+
+    /// A secure link: the client uses `security` (its `server_uri` becomes the URI), the
+    /// server runs DTLS with `server` in front of the LwM2M server.
+    pub fn with_dtls(mut self, security: SecurityInstance, server: SecureListenerConfig) -> Self {
+        self.server_uri = security.server_uri.clone();
+        self.ssid = security.ssid.unwrap_or(self.ssid);
+        self.client_security = Some(security);
+        self.server_dtls = Some(server);
+        self
     }
 
     /// The same link in both directions.
@@ -307,6 +325,9 @@ pub struct Sim {
     start: Now,
     client: Client,
     server: Lwm2mServer,
+    /// The server's DTLS side, on a secure link.
+    secure: Option<SecureListener>,
+    secure_events: Vec<Timed<SecureEvent>>,
     endpoint_name: String,
     client_addr: SocketAddr,
     server_addr: SocketAddr,
@@ -362,8 +383,11 @@ impl Sim {
         let endpoint_name = cfg.client.endpoint_name.clone();
         let mut client = Client::new(cfg.client, Box::new(SeededRng::new(client_seed)))?;
         let dm = client.data_model_mut();
-        dm.security
-            .insert(0, SecurityInstance::nosec(&cfg.server_uri, cfg.ssid))?;
+        let security = cfg
+            .client_security
+            .clone()
+            .unwrap_or_else(|| SecurityInstance::nosec(&cfg.server_uri, cfg.ssid));
+        dm.security.insert(0, security)?;
         dm.server
             .insert(0, ServerInstance::new(cfg.ssid, cfg.lifetime))?;
         let link = |cfg: LinkConfig, seed: u64| Link {
@@ -376,6 +400,14 @@ impl Sim {
             start: cfg.start,
             client,
             server: Lwm2mServer::new(cfg.server_tx_params, server_seed),
+            secure: match cfg.server_dtls {
+                Some(dtls) => Some(
+                    SecureListener::new(dtls, &estuary::crypto::Drbg::from_seed(server_seed))
+                        .map_err(|e| estuary::Error::Config(format!("sim: server DTLS: {e}")))?,
+                ),
+                None => None,
+            },
+            secure_events: Vec::new(),
             endpoint_name,
             client_addr: cfg.client_addr,
             server_addr,
@@ -496,6 +528,16 @@ impl Sim {
 
     pub fn take_client_events(&mut self) -> Vec<Timed<Event>> {
         std::mem::take(&mut self.client_events)
+    }
+
+    /// What the server's DTLS side reported (secure links only).
+    pub fn secure_events(&self) -> &[Timed<SecureEvent>] {
+        &self.secure_events
+    }
+
+    /// The server's DTLS side, on a secure link.
+    pub fn secure_listener(&self) -> Option<&SecureListener> {
+        self.secure.as_ref()
     }
 
     pub fn take_server_events(&mut self) -> Vec<Timed<ServerEvent>> {
@@ -656,6 +698,7 @@ impl Sim {
         [
             self.client.poll_timeout(),
             self.server.poll_timeout(),
+            self.secure.as_ref().and_then(SecureListener::poll_timeout),
             self.in_flight.keys().next().map(|k| k.0),
         ]
         .into_iter()
@@ -708,6 +751,12 @@ impl Sim {
             self.server.handle_timeout(self.now);
             self.flush();
         }
+        if let Some(secure) = self.secure.as_mut() {
+            if secure.poll_timeout().is_some_and(|t| t <= now) {
+                secure.handle_timeout(self.now);
+                self.flush();
+            }
+        }
         true
     }
 
@@ -744,10 +793,17 @@ impl Sim {
 
     fn hand_over(&mut self, dir: Direction, data: &[u8]) {
         match dir {
-            Direction::ClientToServer => {
-                self.server
-                    .handle_datagram(self.now, self.client_addr, data)
-            }
+            Direction::ClientToServer => match self.secure.as_mut() {
+                Some(secure) => {
+                    for coap in secure.handle_datagram(self.now, self.client_addr, data) {
+                        self.server
+                            .handle_datagram(self.now, self.client_addr, &coap);
+                    }
+                }
+                None => self
+                    .server
+                    .handle_datagram(self.now, self.client_addr, data),
+            },
             Direction::ServerToClient => match self.server_conn() {
                 Some(conn) => self.client.handle_datagram(self.now, conn, data),
                 None => {
@@ -769,6 +825,20 @@ impl Sim {
             self.send_checked(Direction::ClientToServer, t.data, routable);
         }
         while let Some((peer, data)) = self.server.poll_transmit() {
+            match self.secure.as_mut() {
+                // Unencrypted CoAP never leaves a secure server; without a session the
+                // datagram is dropped (and logged) by the listener.
+                Some(secure) => {
+                    secure.send(self.now, peer, &data);
+                }
+                None => {
+                    let routable = peer == self.client_addr;
+                    self.send_checked(Direction::ServerToClient, data, routable);
+                }
+            }
+        }
+        while let Some((peer, data)) = self.secure.as_mut().and_then(SecureListener::poll_transmit)
+        {
             let routable = peer == self.client_addr;
             self.send_checked(Direction::ServerToClient, data, routable);
         }
@@ -778,6 +848,9 @@ impl Sim {
         }
         while let Some(event) = self.server.poll_event() {
             self.server_events.push(Timed { at, event });
+        }
+        while let Some(event) = self.secure.as_mut().and_then(SecureListener::poll_event) {
+            self.secure_events.push(Timed { at, event });
         }
     }
 
