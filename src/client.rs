@@ -529,6 +529,15 @@ impl Client {
             while let Some(coap) = self.sessions[i].endpoint.poll_transmit() {
                 self.channels[i].send(now, coap);
             }
+            // After De-register, end the DTLS session properly (close_notify).
+            if self.shutting_down
+                && matches!(self.sessions[i].state(), RegistrationState::Deregistered)
+                && self.sessions[i].endpoint.is_idle()
+                && self.channels[i].is_established()
+                && self.channels[i].is_secure()
+            {
+                self.channels[i].close(now);
+            }
             if let Some(data) = self.channels[i].poll_transmit() {
                 self.next_conn_poll = (i + 1) % n;
                 return Some(Transmit {

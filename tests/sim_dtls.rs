@@ -140,6 +140,15 @@ fn psk_handshake_then_register_and_read_on_a_clean_link() {
     )));
     assert!(sim.server().registration("sim-client").is_some());
     read_device_manufacturer(&mut sim, Duration::from_secs(5));
+    // De-register, then close_notify: the last datagram up is a DTLS alert record.
+    sim.shutdown_client();
+    assert!(sim.run_until(|s| s.client().is_shut_down(), Duration::from_secs(10)));
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.server().registration("sim-client").is_none());
+    assert_eq!(
+        sim.sent(Direction::ClientToServer).last().unwrap().data[0],
+        21
+    );
     // Nothing on the wire is plaintext CoAP: every datagram is a DTLS record
     // (content types 20..=23, version 0xFEFD or 0xFEFF).
     for c in sim.capture() {

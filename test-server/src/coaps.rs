@@ -65,6 +65,9 @@ pub struct SecureListener {
     order: VecDeque<SocketAddr>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<SecureEvent>,
+    /// How each peer last authenticated; kept after its session closes (a client that
+    /// closes after registering is still known by how it registered).
+    auth: HashMap<SocketAddr, PeerAuth>,
 }
 
 impl SecureListener {
@@ -85,6 +88,7 @@ impl SecureListener {
             order: VecDeque::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            auth: HashMap::new(),
         })
     }
 
@@ -93,8 +97,12 @@ impl SecureListener {
         self.sessions.contains_key(&peer)
     }
 
-    /// Who `peer` authenticated as, once its session is established.
+    /// Who `peer` authenticated as in its last established session.
     pub fn peer_auth(&self, peer: SocketAddr) -> Option<PeerAuth> {
+        self.auth.get(&peer).cloned()
+    }
+
+    fn session_auth(&self, peer: SocketAddr) -> Option<PeerAuth> {
         let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
         if let Some(cert) = s.peer_certificate() {
             return Some(PeerAuth::Certificate {
@@ -222,7 +230,8 @@ impl SecureListener {
             Ok(()) if s.is_established() && (!was_up || !plain.is_empty()) => {
                 if !was_up {
                     let suite = s.cipher_suite().unwrap_or("?").to_string();
-                    if let Some(auth) = self.peer_auth(peer) {
+                    if let Some(auth) = self.session_auth(peer) {
+                        self.auth.insert(peer, auth.clone());
                         info!("coaps {peer}: DTLS session established ({suite}, {auth:?})");
                         self.events.push_back(SecureEvent::Established {
                             peer,
@@ -246,6 +255,7 @@ impl SecureListener {
                 .unwrap_or(0);
             if let Some(p) = self.order.remove(victim) {
                 self.sessions.remove(&p);
+                self.auth.remove(&p);
             } else {
                 break;
             }
