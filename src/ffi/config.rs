@@ -81,7 +81,7 @@ pub struct estuary_certificate_chain_info_t {
 }
 
 impl estuary_certificate_chain_info_t {
-    const EMPTY: Self = estuary_certificate_chain_info_t {
+    pub(crate) const EMPTY: Self = estuary_certificate_chain_info_t {
         source: ESTUARY_CHAIN_SOURCE_EMPTY,
         path: std::ptr::null(),
         data: std::ptr::null(),
@@ -139,7 +139,9 @@ impl estuary_certificate_chain_info_t {
             ESTUARY_CHAIN_SOURCE_BUFFER => {
                 // SAFETY: forwarded from the caller.
                 let bytes = unsafe { bytes_arg(self.data.cast(), self.size, what) }?;
-                add(&mut store, &bytes, "buffer")?;
+                if !bytes.is_empty() {
+                    add(&mut store, &bytes, "buffer")?;
+                }
             }
             other => {
                 return Err(Refusal::invalid(format!(

@@ -370,10 +370,7 @@ mod tests {
             udp_tx_params: std::ptr::null(),
             prng_seed: 11,
             udp_dtls_hs_tx_params: std::ptr::null(),
-            trust_store_certs: crate::ffi::config::estuary_certificate_chain_info_from_buffer(
-                std::ptr::null(),
-                0,
-            ),
+            trust_store_certs: crate::ffi::config::estuary_certificate_chain_info_t::EMPTY,
         };
         // SAFETY: every pointer is NULL or points to a live local for the whole test.
         unsafe {

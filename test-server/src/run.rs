@@ -88,14 +88,25 @@ impl Default for TestServerConfig {
 impl TestServerConfig {
     /// The addresses of a state directory's `config.toml`, and the coaps listener with the
     /// directory's credentials when it has any (a directory whose credentials cannot be read
-    /// is served without coaps, with a warning).
+    /// is served without coaps, with a warning). With `lwm2m_coap = 0` and the default coaps
+    /// port, coaps also takes an ephemeral port ([`TestServerHandle::lwm2m_coaps_addr`]).
     pub fn from_config(cfg: &Config) -> Self {
         let coaps = match cfg
             .state_dir
             .as_deref()
             .map(crate::init::load_secure_listener)
         {
-            Some(Ok(Some(listener))) => Some((cfg.lwm2m_coaps_addr(), listener)),
+            Some(Ok(Some(listener))) => {
+                let mut addr = cfg.lwm2m_coaps_addr();
+                // An ephemeral coap port (tests, `run --lwm2m-port 0`) with the default coaps
+                // port: make coaps ephemeral too, so parallel servers do not collide on it.
+                if cfg.ports.lwm2m_coap == 0
+                    && cfg.ports.lwm2m_coaps == crate::config::DEFAULT_LWM2M_COAPS_PORT
+                {
+                    addr.set_port(0);
+                }
+                Some((addr, listener))
+            }
             Some(Err(e)) => {
                 warn!("no coaps listener: the state directory's credentials: {e}");
                 None
