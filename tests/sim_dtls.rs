@@ -182,6 +182,31 @@ fn certificate_handshake_then_register_and_read_on_a_clean_link() {
     }
 }
 
+/// Certificate Usage 1: the server's own certificate in /0/x/4, its chain checked against the
+/// client's trust_store_certs.
+#[test]
+fn certificate_usage_1_checks_the_chain_and_the_certificate() {
+    let p = pki(20, -DAY, 365 * DAY);
+    let other = pki(21, -DAY, 365 * DAY);
+    let mut inst = cert_instance(&p, Some(1));
+    inst.server_public_key = p.pki.server_cert.der().to_vec();
+    let mut cfg = SimConfig::new(20).with_dtls(inst.clone(), cert_server(&p, ca_store(&p)));
+    cfg.client.trust_store_certs = ca_store(&p);
+    let mut sim = Sim::new(cfg);
+    sim.start().unwrap();
+    assert!(
+        sim.run_until_registered(Duration::from_secs(10)),
+        "{:?}",
+        client_failures(&sim)
+    );
+
+    // The right certificate, but the trust store does not lead to its CA.
+    let mut cfg = SimConfig::new(22).with_dtls(inst, cert_server(&p, ca_store(&p)));
+    cfg.client.trust_store_certs = ca_store(&other);
+    let (client, _) = refused(Sim::new(cfg));
+    assert_reason(&client, "peer certificate not trusted");
+}
+
 /// 30 seeds at 30 % loss each way: every one completes the handshake by retransmitting on
 /// the virtual clock, registers and answers a Read.
 #[test]
@@ -302,6 +327,13 @@ fn untrusted_server_certificate_is_refused() {
         let (client, _) = refused(cert_sim(8, &p, inst));
         assert_reason(&client, "peer certificate not trusted");
     }
+    // Usage 0: the chain must pass through the CA in /0/x/4 and end at trust_store_certs.
+    let mut inst = cert_instance(&p, Some(0));
+    inst.server_public_key = other.pki.ca.certificate().der().to_vec();
+    let mut cfg = SimConfig::new(8).with_dtls(inst, cert_server(&p, ca_store(&p)));
+    cfg.client.trust_store_certs = ca_store(&p);
+    let (client, _) = refused(Sim::new(cfg));
+    assert_reason(&client, "does not pass through the given CA");
 }
 
 #[test]

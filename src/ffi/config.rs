@@ -430,4 +430,91 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn ffi_dtls_timers_and_trust_store_are_loaded_and_checked() {
+        let mut rng = crate::crypto::Drbg::from_seed(4);
+        let ca = crate::crypto::CertificateIssuer::new_root_ca(
+            crate::crypto::KeyPair::generate(&mut rng).unwrap(),
+            "CN=trust",
+            crate::time::UtcTime::from_unix_seconds(0),
+            crate::time::UtcTime::from_unix_seconds(1 << 31),
+            &mut rng,
+        )
+        .unwrap();
+        let pem = ca.certificate().to_pem();
+        let der = ca.certificate().der().to_vec();
+        let dir = std::env::temp_dir().join(format!("estuary-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), &pem).unwrap();
+        std::fs::write(dir.join("README"), "not a certificate").unwrap();
+        let file = std::ffi::CString::new(dir.join("ca.pem").to_str().unwrap()).unwrap();
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let missing = c"/nonexistent/estuary-ca.pem";
+
+        let mut c = zeroed();
+        c.endpoint_name = c"dev".as_ptr();
+        let load = |c: &estuary_configuration_t| {
+            // SAFETY: pointers to live locals and literals.
+            unsafe { c.to_driver_config() }.map(|d| d.client)
+        };
+        for info in [
+            estuary_certificate_chain_info_from_file(file.as_ptr()),
+            estuary_certificate_chain_info_from_path(path.as_ptr()),
+            estuary_certificate_chain_info_from_buffer(der.as_ptr().cast(), der.len()),
+            estuary_certificate_chain_info_from_buffer(pem.as_ptr().cast(), pem.len()),
+        ] {
+            c.trust_store_certs = info;
+            let client = load(&c).map_err(|r| r.message).unwrap();
+            assert_eq!(
+                client.trust_store_certs.certificates(),
+                [ca.certificate().clone()]
+            );
+        }
+        for bad in [
+            estuary_certificate_chain_info_from_file(missing.as_ptr()),
+            estuary_certificate_chain_info_from_buffer(b"junk".as_ptr().cast(), 4),
+            estuary_certificate_chain_info_t {
+                source: 9,
+                ..estuary_certificate_chain_info_t::EMPTY
+            },
+        ] {
+            c.trust_store_certs = bad;
+            assert_eq!(
+                load(&c).map_err(|r| r.code).err(),
+                Some(ESTUARY_ERR_INVALID_ARGUMENT)
+            );
+        }
+        // NULL names give the empty chain, which loads as no trust anchors.
+        c.trust_store_certs = estuary_certificate_chain_info_from_file(std::ptr::null());
+        assert!(load(&c).unwrap().trust_store_certs.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let secs = |s| estuary_time_duration_t {
+            seconds: s,
+            nanoseconds: 0,
+        };
+        let timers = estuary_dtls_handshake_timeouts_t {
+            min: secs(2),
+            max: secs(8),
+        };
+        c.trust_store_certs = estuary_certificate_chain_info_t::EMPTY;
+        c.udp_dtls_hs_tx_params = &timers;
+        assert_eq!(
+            load(&c).unwrap().udp_dtls_hs_tx_params,
+            HandshakeTimers {
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(8)
+            }
+        );
+        let inverted = estuary_dtls_handshake_timeouts_t {
+            min: secs(9),
+            max: secs(8),
+        };
+        c.udp_dtls_hs_tx_params = &inverted;
+        assert_eq!(
+            load(&c).map_err(|r| r.code).err(),
+            Some(ESTUARY_ERR_INVALID_ARGUMENT)
+        );
+    }
 }

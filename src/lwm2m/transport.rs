@@ -438,3 +438,173 @@ impl DtlsChannel {
         plaintext
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{CertificateIssuer, CertificateProfile, CertificateTemplate};
+    use crate::time::UtcTime;
+
+    fn uri(s: &str) -> ServerUri {
+        ServerUri::parse(s).unwrap()
+    }
+
+    fn security(
+        sec: &SecurityInstance,
+        trust: &TrustStore,
+    ) -> Result<ChannelSecurity, SecurityConfigError> {
+        let rng = Drbg::from_seed(1);
+        ChannelSecurity::from_instance(
+            sec,
+            &uri(&sec.server_uri),
+            trust,
+            HandshakeTimers::default(),
+            &rng,
+        )
+    }
+
+    /// A CA, and a client certificate with its key (DER).
+    fn client_creds() -> (Certificate, Vec<u8>, Vec<u8>) {
+        let mut rng = Drbg::from_seed(3);
+        let (from, to) = (
+            UtcTime::from_unix_seconds(0),
+            UtcTime::from_unix_seconds(1 << 31),
+        );
+        let ca = CertificateIssuer::new_root_ca(
+            KeyPair::generate(&mut rng).unwrap(),
+            "CN=ca",
+            from,
+            to,
+            &mut rng,
+        )
+        .unwrap();
+        let key = KeyPair::generate(&mut rng).unwrap();
+        let t = CertificateTemplate {
+            subject: "CN=dev".into(),
+            serial: vec![0x42],
+            not_before: from,
+            not_after: to,
+            profile: CertificateProfile::Client,
+        };
+        let cert = ca.issue(key.public_key_der(), &t, &mut rng).unwrap();
+        (
+            ca.certificate().clone(),
+            cert.der().to_vec(),
+            key.to_der().expose().to_vec(),
+        )
+    }
+
+    #[test]
+    fn schemes_must_match_the_mode() {
+        let none = TrustStore::new();
+        let nosec = SecurityInstance::nosec("coaps://h", 1);
+        assert!(matches!(
+            security(&nosec, &none),
+            Err(SecurityConfigError::NeedsCoap { .. })
+        ));
+        let psk = SecurityInstance::psk("coap://h", 1, b"id", b"key");
+        let err = security(&psk, &none).err().unwrap();
+        assert!(
+            err.to_string().contains("PSK mode needs a coaps://"),
+            "{err}"
+        );
+        let mut rpk = SecurityInstance::psk("coaps://h", 1, b"id", b"key");
+        rpk.security_mode = SecurityMode::Rpk;
+        assert_eq!(
+            security(&rpk, &none).err(),
+            Some(SecurityConfigError::RpkUnsupported)
+        );
+        assert!(matches!(
+            security(&SecurityInstance::nosec("coap://h", 1), &none),
+            Ok(ChannelSecurity::NoSec)
+        ));
+    }
+
+    #[test]
+    fn psk_lengths_are_checked() {
+        let none = TrustStore::new();
+        let long = SecurityInstance::psk("coaps://h", 1, b"id", &[1; 33]);
+        let err = security(&long, &none).err().unwrap();
+        assert!(err.to_string().contains("1 to 32 bytes, got 33"), "{err}");
+        let empty = SecurityInstance::psk("coaps://h", 1, b"", b"k");
+        assert!(security(&empty, &none).is_err());
+        assert!(matches!(
+            security(&SecurityInstance::psk("coaps://h", 1, b"id", b"k"), &none),
+            Ok(ChannelSecurity::Dtls(_))
+        ));
+    }
+
+    #[test]
+    fn certificate_usage_needs_what_it_constrains() {
+        let (ca, cert, key) = client_creds();
+        let none = TrustStore::new();
+        let base = SecurityInstance::certificate("coaps://h", 1, &cert, &key, ca.der());
+        for usage in [None, Some(0), Some(2)] {
+            let mut s = base.clone();
+            s.certificate_usage = usage;
+            assert!(security(&s, &none).is_ok(), "usage {usage:?}");
+        }
+        let mut one = base.clone();
+        one.certificate_usage = Some(1);
+        let err = security(&one, &none).err().unwrap();
+        assert!(err.to_string().contains("trust_store_certs"), "{err}");
+        let mut store = TrustStore::new();
+        store.add(ca.clone());
+        assert!(security(&one, &store).is_ok());
+
+        let mut missing = base.clone();
+        missing.server_public_key.clear();
+        let err = security(&missing, &none).err().unwrap();
+        assert!(err.to_string().contains("/0/x/4"), "{err}");
+
+        let (_, _, other_key) = client_creds_other();
+        let mut wrong_key = base.clone();
+        wrong_key.private_cert_or_psk_key = other_key;
+        let err = security(&wrong_key, &none).err().unwrap();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+
+        let mut garbage = base;
+        garbage.public_cert_or_psk_identity = b"not a certificate".to_vec();
+        let err = security(&garbage, &none).err().unwrap();
+        assert!(err.to_string().contains("/0/x/3"), "{err}");
+    }
+
+    fn client_creds_other() -> (Certificate, Vec<u8>, Vec<u8>) {
+        let mut rng = Drbg::from_seed(9);
+        let key = KeyPair::generate(&mut rng).unwrap();
+        let (ca, cert, _) = client_creds();
+        (ca, cert, key.to_der().expose().to_vec())
+    }
+
+    #[test]
+    fn nosec_channel_passes_datagrams_through() {
+        let mut ch = SecureChannel::new(ChannelSecurity::NoSec);
+        assert!(ch.is_established() && !ch.is_secure());
+        ch.send(Now::default(), vec![1, 2, 3]);
+        assert_eq!(ch.poll_transmit(), Some(vec![1, 2, 3]));
+        assert_eq!(ch.handle_datagram(Now::default(), &[4]), vec![vec![4]]);
+        assert_eq!(ch.poll_timeout(), None);
+    }
+
+    #[test]
+    fn dtls_channel_holds_datagrams_until_the_handshake_and_bounds_them() {
+        let sec = SecurityInstance::psk("coaps://h", 1, b"id", b"key");
+        let Ok(ChannelSecurity::Dtls(cfg)) = security(&sec, &TrustStore::new()) else {
+            panic!("PSK config refused");
+        };
+        let mut ch = SecureChannel::new(ChannelSecurity::Dtls(cfg));
+        for i in 0..20u8 {
+            ch.send(Now::default(), vec![i]);
+        }
+        // Only the ClientHello goes out; the CoAP datagrams wait (at most MAX_PENDING).
+        let hello = ch.poll_transmit().unwrap();
+        assert_eq!(hello[0], 22);
+        assert_eq!(ch.poll_transmit(), None);
+        let pending = ch.dtls.as_ref().unwrap().pending.len();
+        assert_eq!(pending, MAX_PENDING);
+        assert!(ch.poll_timeout().is_some());
+        // Garbage from the network changes nothing.
+        assert!(ch.handle_datagram(Now::default(), &[0xFF; 5]).is_empty());
+        assert_eq!(ch.poll_event(), None);
+    }
+}

@@ -565,6 +565,67 @@ mod tests {
     }
 
     #[test]
+    fn makes_certificates_that_openssl_verifies_and_the_listener_loads() {
+        let t = tmp();
+        let dir = t.path().join("state");
+        init(&InitOptions {
+            dir: dir.clone(),
+            endpoints: vec!["dev1".into()],
+            force: false,
+        })
+        .unwrap();
+        let ep = dir.join("endpoints/dev1");
+        for (key, mode) in [
+            (ep.join(FACTORY_KEY_FILE), 0o600),
+            (dir.join(SERVER_KEY_FILE), 0o600),
+            (dir.join(CA_DIR).join(ROOT_CA_KEY_FILE), 0o600),
+        ] {
+            let m = fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, mode, "{}", key.display());
+        }
+        let server = read_cert(&ep.join(SERVER_CERT_FILE)).unwrap();
+        assert!(server.matches_name("localhost") && server.matches_name("127.0.0.1"));
+        let device = read_cert(&ep.join(FACTORY_CERT_FILE)).unwrap();
+        assert_eq!(device.subject(), "CN=dev1");
+        assert!(device.matches_key(&read_key(&ep.join(FACTORY_KEY_FILE)).unwrap()));
+        // An independent verifier accepts what we issued.
+        let verify = |ca: &Path, cert: &Path| {
+            std::process::Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(ca)
+                .arg(cert)
+                .output()
+        };
+        if let Ok(out) = verify(&ep.join(TRUST_ANCHOR_FILE), &ep.join(SERVER_CERT_FILE)) {
+            assert!(out.status.success(), "{out:?}");
+            let factory_ca = dir.join(CA_DIR).join(FACTORY_CA_CERT_FILE);
+            let out = verify(&factory_ca, &ep.join(FACTORY_CERT_FILE)).unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let out = verify(&ep.join(TRUST_ANCHOR_FILE), &ep.join(FACTORY_CERT_FILE)).unwrap();
+            assert!(
+                !out.status.success(),
+                "the root CA must not vouch for device certificates"
+            );
+        }
+        let listener = load_secure_listener(&dir).unwrap().unwrap();
+        assert_eq!(listener.psk.len(), 1);
+        assert_eq!(listener.psk[0].0, b"dev1");
+        let (chain, _, cas) = listener.certificate.unwrap();
+        assert_eq!(chain[0], server);
+        assert_eq!(cas.len(), 2);
+
+        // A second init with --force keeps the CAs, so earlier devices stay valid.
+        init(&InitOptions {
+            dir: dir.clone(),
+            endpoints: vec!["dev2".into()],
+            force: true,
+        })
+        .unwrap();
+        assert_eq!(read_cert(&dir.join(SERVER_CERT_FILE)).unwrap(), server);
+    }
+
+    #[test]
     fn refuses_to_overwrite_without_force() {
         let t = tmp();
         let opts = InitOptions {
