@@ -529,6 +529,19 @@ impl Client {
             while let Some(coap) = self.sessions[i].endpoint.poll_transmit() {
                 self.channels[i].send(now, coap);
             }
+            // A failed registration attempt over an established DTLS session may mean the
+            // server lost the session (it restarted): the retry starts a new handshake.
+            if !self.shutting_down
+                && matches!(self.sessions[i].state(), RegistrationState::Idle { .. })
+                && self.channels[i].is_secure()
+                && self.channels[i].is_established()
+            {
+                debug!(
+                    "ssid={}: registration failed over DTLS; the retry starts a new handshake",
+                    self.sessions[i].ssid
+                );
+                self.channels[i].close(now);
+            }
             // After De-register, end the DTLS session properly (close_notify).
             if self.shutting_down
                 && matches!(self.sessions[i].state(), RegistrationState::Deregistered)

@@ -357,6 +357,38 @@ fn client_certificate_not_trusted_by_the_server_is_refused() {
     assert_reason(&client, "peer refused our certificate");
 }
 
+/// The server forgets every DTLS session (a restart): the client's next Update goes
+/// unanswered, and the registration retry runs a new handshake and registers again.
+#[test]
+fn a_server_that_lost_the_session_gets_a_new_handshake() {
+    let mut sim = psk_sim(16, PSK_ID, PSK_KEY, psk_server(&[(PSK_ID, PSK_KEY)]));
+    sim.start().unwrap();
+    assert!(sim.run_until_registered(Duration::from_secs(10)));
+    sim.restart_server_dtls();
+    let now = sim.now();
+    sim.client_mut()
+        .schedule_registration_update(now, None)
+        .unwrap();
+    let t0 = sim.elapsed();
+    // The Update times out (MAX_TRANSMIT_WAIT, 93 s), the retry comes 30 s later.
+    assert!(sim.run_until(
+        |s| s
+            .client_events()
+            .iter()
+            .filter(|e| matches!(e.event, Event::Registered { .. }))
+            .count()
+            == 2,
+        Duration::from_secs(300)
+    ));
+    let took = sim.elapsed() - t0;
+    assert!(
+        took > Duration::from_secs(90) && took < Duration::from_secs(200),
+        "{took:?}"
+    );
+    assert_eq!(established(&sim).len(), 2);
+    read_device_manufacturer(&mut sim, Duration::from_secs(5));
+}
+
 #[test]
 fn a_failed_handshake_is_retried_with_the_registration_back_off() {
     let mut sim = psk_sim(13, PSK_ID, &[0x22; 16], psk_server(&[(PSK_ID, PSK_KEY)]));

@@ -327,6 +327,7 @@ pub struct Sim {
     server: Lwm2mServer,
     /// The server's DTLS side, on a secure link.
     secure: Option<SecureListener>,
+    secure_config: Option<SecureListenerConfig>,
     secure_events: Vec<Timed<SecureEvent>>,
     endpoint_name: String,
     client_addr: SocketAddr,
@@ -400,6 +401,7 @@ impl Sim {
             start: cfg.start,
             client,
             server: Lwm2mServer::new(cfg.server_tx_params, server_seed),
+            secure_config: cfg.server_dtls.clone(),
             secure: match cfg.server_dtls {
                 Some(dtls) => Some(
                     SecureListener::new(dtls, &estuary::crypto::Drbg::from_seed(server_seed))
@@ -533,6 +535,15 @@ impl Sim {
     /// What the server's DTLS side reported (secure links only).
     pub fn secure_events(&self) -> &[Timed<SecureEvent>] {
         &self.secure_events
+    }
+
+    /// Replaces the server's DTLS side with a fresh one (same credentials, new keys): every
+    /// DTLS session is forgotten, as when the server restarts.
+    pub fn restart_server_dtls(&mut self) {
+        if let Some(cfg) = self.secure_config.clone() {
+            let seed = self.server.random_u64();
+            self.secure = SecureListener::new(cfg, &estuary::crypto::Drbg::from_seed(seed)).ok();
+        }
     }
 
     /// The server's DTLS side, on a secure link.
