@@ -358,7 +358,7 @@ impl Client {
                 .handle_datagram(now.mono, &d)
                 .is_ok();
         }
-        let changed = self.take_channel_events(now);
+        let changed = self.take_channel_events();
         if accepted || changed {
             self.drive(now);
         }
@@ -370,14 +370,14 @@ impl Client {
         for c in &mut self.channels {
             c.handle_timeout(now);
         }
-        self.take_channel_events(now);
+        self.take_channel_events();
         self.drive(now);
     }
 
     /// Turns what the connections' security layers report into events; a failed handshake
     /// fails the exchanges waiting for it (the Register, say), so the registration session
     /// applies its retry and back-off. True if anything happened.
-    fn take_channel_events(&mut self, now: Now) -> bool {
+    fn take_channel_events(&mut self) -> bool {
         let mut any = false;
         for i in 0..self.channels.len() {
             let ssid = self.sessions[i].ssid;
@@ -411,7 +411,6 @@ impl Client {
                 }
             }
         }
-        let _ = now;
         any
     }
 

@@ -389,6 +389,41 @@ fn a_server_that_lost_the_session_gets_a_new_handshake() {
     read_device_manufacturer(&mut sim, Duration::from_secs(5));
 }
 
+/// The link goes dead long enough for an Update to fail; the server still holds the old
+/// session when the client's new handshake arrives from the same address (a client
+/// reconnect, RFC 6347 section 4.2.8), and the client registers again.
+#[test]
+fn a_new_handshake_from_the_same_address_replaces_the_old_session() {
+    let mut sim = psk_sim(17, PSK_ID, PSK_KEY, psk_server(&[(PSK_ID, PSK_KEY)]));
+    sim.start().unwrap();
+    assert!(sim.run_until_registered(Duration::from_secs(10)));
+    let dead = sim.add_filter(Direction::ClientToServer, |_, _| {
+        estuary_testserver::sim::Verdict::Drop
+    });
+    let now = sim.now();
+    sim.client_mut()
+        .schedule_registration_update(now, None)
+        .unwrap();
+    // The Update fails after MAX_TRANSMIT_WAIT; the link comes back before the retry.
+    sim.run_for(Duration::from_secs(100));
+    assert!(sim
+        .client_events()
+        .iter()
+        .any(|e| matches!(e.event, Event::RegistrationFailed { .. })));
+    sim.remove_filter(dead);
+    assert!(sim.run_until(
+        |s| s
+            .client_events()
+            .iter()
+            .filter(|e| matches!(e.event, Event::Registered { .. }))
+            .count()
+            == 2,
+        Duration::from_secs(120)
+    ));
+    assert_eq!(established(&sim).len(), 2);
+    read_device_manufacturer(&mut sim, Duration::from_secs(5));
+}
+
 #[test]
 fn a_failed_handshake_is_retried_with_the_registration_back_off() {
     let mut sim = psk_sim(13, PSK_ID, &[0x22; 16], psk_server(&[(PSK_ID, PSK_KEY)]));

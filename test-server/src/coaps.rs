@@ -227,18 +227,16 @@ impl SecureListener {
                 });
             }
             Err(e) => info!("coaps {peer}: DTLS session ended: {e}"),
-            Ok(()) if s.is_established() && (!was_up || !plain.is_empty()) => {
-                if !was_up {
-                    let suite = s.cipher_suite().unwrap_or("?").to_string();
-                    if let Some(auth) = self.session_auth(peer) {
-                        self.auth.insert(peer, auth.clone());
-                        info!("coaps {peer}: DTLS session established ({suite}, {auth:?})");
-                        self.events.push_back(SecureEvent::Established {
-                            peer,
-                            auth,
-                            cipher_suite: suite,
-                        });
-                    }
+            Ok(()) if !was_up && s.is_established() => {
+                let suite = s.cipher_suite().unwrap_or("?").to_string();
+                if let Some(auth) = self.session_auth(peer) {
+                    self.auth.insert(peer, auth.clone());
+                    info!("coaps {peer}: DTLS session established ({suite}, {auth:?})");
+                    self.events.push_back(SecureEvent::Established {
+                        peer,
+                        auth,
+                        cipher_suite: suite,
+                    });
                 }
             }
             Ok(()) => {}

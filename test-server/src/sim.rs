@@ -9,6 +9,10 @@
 //! capture of all traffic; filters with which a test drops, duplicates, delays or rewrites
 //! particular datagrams; and the events of both sides with the time they happened.
 //!
+//! A secure link ([`SimConfig::with_dtls`]) puts a [`SecureListener`] (the test server's
+//! coaps side) in front of the server and gives the client a PSK or Certificate account, so
+//! handshakes run on the virtual clock through the same faults.
+//!
 //! It owns no protocol behaviour: every byte on the wire comes from the client and server
 //! cores. It never reads a real clock or opens a socket, and its run loops always end by
 //! themselves: at their time limit, or at once when no timer is armed and nothing is in flight.
