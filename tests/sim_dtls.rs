@@ -9,6 +9,7 @@ use std::time::Duration;
 use estuary::coap::code;
 use estuary::crypto::{Drbg, SecretBytes, TrustStore};
 use estuary::dm::objects::SecurityInstance;
+use estuary::dtls::HandshakeTimers;
 use estuary::time::UtcTime;
 use estuary::Event;
 use estuary_testserver::coaps::{PeerAuth, SecureEvent, SecureListenerConfig};
@@ -422,6 +423,44 @@ fn a_new_handshake_from_the_same_address_replaces_the_old_session() {
     ));
     assert_eq!(established(&sim).len(), 2);
     read_device_manufacturer(&mut sim, Duration::from_secs(5));
+}
+
+/// `udp_dtls_hs_tx_params` drives the handshake retransmissions on the virtual clock: with
+/// 2 s doubling to 8 s and a silent server, the ClientHello goes out at 0, 2 and 6 s and the
+/// handshake fails at 14 s.
+#[test]
+fn handshake_timers_come_from_the_client_configuration() {
+    let mut cfg = SimConfig::new(18).with_dtls(
+        SecurityInstance::psk(URI, 1, PSK_ID, PSK_KEY),
+        psk_server(&[(PSK_ID, PSK_KEY)]),
+    );
+    cfg.client.udp_dtls_hs_tx_params = HandshakeTimers {
+        min: Duration::from_secs(2),
+        max: Duration::from_secs(8),
+    };
+    let mut sim = Sim::new(cfg);
+    sim.add_filter(Direction::ClientToServer, |_, _| {
+        estuary_testserver::sim::Verdict::Drop
+    });
+    sim.start().unwrap();
+    sim.run_for(Duration::from_secs(20));
+    let sent: Vec<Duration> = sim
+        .sent(Direction::ClientToServer)
+        .map(|c| sim.since_start(c.at))
+        .collect();
+    assert_eq!(
+        sent,
+        [0, 2, 6].map(Duration::from_secs).to_vec(),
+        "ClientHello send times"
+    );
+    let failed: Vec<Duration> = sim
+        .client_events()
+        .iter()
+        .filter(|e| matches!(e.event, Event::SecureConnectionFailed { .. }))
+        .map(|e| sim.since_start(e.at))
+        .collect();
+    assert_eq!(failed, vec![Duration::from_secs(14)]);
+    assert_reason(&client_failures(&sim), "timed out");
 }
 
 #[test]
