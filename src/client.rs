@@ -22,6 +22,10 @@ use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
 use crate::rng::RandomSource;
 use crate::time::{Instant, Now};
 
+/// The largest datagram a DTLS connection takes: a full 16 KiB record plus its header and
+/// the largest expansion of our cipher suites.
+const MAX_DTLS_DATAGRAM: usize = 16384 + 13 + 256;
+
 /// Identifies the connection a datagram belongs to (one per server account).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u32);
@@ -334,13 +338,6 @@ impl Client {
     /// Feeds a datagram received on `conn`. Malformed or oversized datagrams are dropped
     /// with a debug log line and change nothing.
     pub fn handle_datagram(&mut self, now: Now, conn: ConnectionId, data: &[u8]) {
-        if data.len() > self.cfg.in_buffer_size {
-            debug!(
-                "dropping {}-byte datagram larger than in_buffer_size",
-                data.len()
-            );
-            return;
-        }
         self.last_now = now;
         let Some(i) = self
             .sessions
@@ -350,9 +347,27 @@ impl Client {
             debug!("dropping datagram for unknown connection {conn:?}");
             return;
         };
+        // in_buffer_size bounds CoAP messages; on a DTLS connection the record around one
+        // (and a handshake flight) may be larger, up to one maximal DTLS record.
+        let limit = if self.channels[i].is_secure() {
+            MAX_DTLS_DATAGRAM
+        } else {
+            self.cfg.in_buffer_size
+        };
+        if data.len() > limit {
+            debug!("dropping {}-byte datagram larger than {limit}", data.len());
+            return;
+        }
         let coap_datagrams = self.channels[i].handle_datagram(now, data);
         let mut accepted = false;
         for d in coap_datagrams {
+            if d.len() > self.cfg.in_buffer_size {
+                debug!(
+                    "dropping {}-byte CoAP message larger than in_buffer_size",
+                    d.len()
+                );
+                continue;
+            }
             accepted |= self.sessions[i]
                 .endpoint
                 .handle_datagram(now.mono, &d)

@@ -183,6 +183,29 @@ fn certificate_handshake_then_register_and_read_on_a_clean_link() {
     }
 }
 
+/// in_buffer_size bounds CoAP messages, not DTLS records: a client with 300-byte buffers
+/// still takes the server's certificate flight (larger datagrams) and registers.
+#[test]
+fn small_coap_buffers_do_not_limit_the_handshake() {
+    let p = pki(23, -DAY, 365 * DAY);
+    let mut cfg =
+        SimConfig::new(23).with_dtls(cert_instance(&p, None), cert_server(&p, ca_store(&p)));
+    cfg.client.in_buffer_size = 300;
+    let mut sim = Sim::new(cfg);
+    sim.start().unwrap();
+    assert!(
+        sim.run_until_registered(Duration::from_secs(10)),
+        "{:?}",
+        client_failures(&sim)
+    );
+    let largest = sim
+        .delivered(Direction::ServerToClient)
+        .map(|c| c.data.len())
+        .max()
+        .unwrap();
+    assert!(largest > 300, "{largest}");
+}
+
 /// Certificate Usage 1: the server's own certificate in /0/x/4, its chain checked against the
 /// client's trust_store_certs.
 #[test]
