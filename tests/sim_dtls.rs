@@ -128,6 +128,16 @@ fn psk_handshake_then_register_and_read_on_a_clean_link() {
         "{:?}",
         sim.elapsed()
     );
+    // Four round trips of 20 ms: cookie exchange, PSK handshake (two flights each way),
+    // Register; one datagram per flight each way.
+    assert_eq!(sim.elapsed(), Duration::from_millis(80));
+    assert_eq!(
+        (
+            sim.stats(Direction::ClientToServer).sent,
+            sim.stats(Direction::ServerToClient).sent
+        ),
+        (4, 4)
+    );
     assert_eq!(
         established(&sim),
         vec![PeerAuth::Psk {
@@ -172,6 +182,12 @@ fn certificate_handshake_then_register_and_read_on_a_clean_link() {
             "usage {usage:?}: {:?}",
             client_failures(&sim)
         );
+        // Four round trips; the server's certificate flight needs two datagrams at the
+        // 1232-byte MTU (chain of two certificates).
+        assert_eq!(sim.elapsed(), Duration::from_millis(80));
+        let up = sim.stats(Direction::ClientToServer).sent;
+        let down = sim.stats(Direction::ServerToClient).sent;
+        assert_eq!((up, down), (4, 5), "usage {usage:?}");
         assert_eq!(
             established(&sim),
             vec![PeerAuth::Certificate {
