@@ -182,8 +182,8 @@ fn certificate_handshake_then_register_and_read_on_a_clean_link() {
             "usage {usage:?}: {:?}",
             client_failures(&sim)
         );
-        // Four round trips; the server's certificate flight needs two datagrams at the
-        // 1232-byte MTU (chain of two certificates).
+        // Four round trips; the server's flight with its certificate chain, key exchange
+        // and certificate request takes one datagram more than PSK's.
         assert_eq!(sim.elapsed(), Duration::from_millis(80));
         let up = sim.stats(Direction::ClientToServer).sent;
         let down = sim.stats(Direction::ServerToClient).sent;
