@@ -24,7 +24,7 @@ use crate::time::{Instant, Now};
 
 /// The largest datagram a DTLS connection takes: a full 16 KiB record plus its header and
 /// the largest expansion of our cipher suites.
-const MAX_DTLS_DATAGRAM: usize = 16384 + 13 + 256;
+pub(crate) const MAX_DTLS_DATAGRAM: usize = 16384 + 13 + 256;
 
 /// Identifies the connection a datagram belongs to (one per server account).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,7 +144,8 @@ pub struct Client {
     sessions: Vec<ServerSession>,
     /// The security layer of each session's connection (same index as `sessions`).
     channels: Vec<SecureChannel>,
-    /// Randomness for DTLS handshakes, seeded from `rng`.
+    /// Randomness for DTLS handshakes: seeded from `rng` unless replaced
+    /// ([`Client::set_dtls_rng`]).
     drbg: Drbg,
     /// The time of the last call that passed one, for work done in `poll_transmit`.
     last_now: Now,
@@ -184,6 +185,14 @@ impl Client {
             shutting_down: false,
             next_conn_poll: 0,
         })
+    }
+
+    /// The generator for DTLS handshakes (keys, nonces, randoms). [`Client::new`] seeds one
+    /// from its `RandomSource`, which suits the simulator; production passes one seeded by
+    /// the OS (`io::Driver` does). Takes effect for connections opened by
+    /// [`Client::start`].
+    pub fn set_dtls_rng(&mut self, drbg: Drbg) {
+        self.drbg = drbg;
     }
 
     pub fn config(&self) -> &ClientConfig {
