@@ -125,8 +125,7 @@ impl Driver {
             client
                 .config()
                 .in_buffer_size
-                .max(crate::client::MAX_DTLS_DATAGRAM)
-                .min(MAX_DATAGRAM)
+                .clamp(crate::client::MAX_DTLS_DATAGRAM, MAX_DATAGRAM)
                 + 1
         ];
         Ok(Driver {
