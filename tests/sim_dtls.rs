@@ -4,6 +4,8 @@
 //! name, client certificate not trusted), each reported with its reason and leaving the
 //! server without a registration.
 
+use std::sync::{Mutex, Once};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use estuary::coap::code;
@@ -21,6 +23,51 @@ const HOUR: i64 = 3600;
 const DAY: i64 = 24 * HOUR;
 const PSK_ID: &[u8] = b"sim-client";
 const PSK_KEY: &[u8] = &[0x11; 16];
+
+/// Warnings logged, with the thread that logged them (tests run in parallel threads; each
+/// simulation runs in its test's thread).
+static WARNINGS: Mutex<Vec<(ThreadId, String)>> = Mutex::new(Vec::new());
+
+struct CaptureWarnings;
+
+impl log::Log for CaptureWarnings {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("{}", r.args());
+            if let Ok(mut w) = WARNINGS.lock() {
+                w.push((std::thread::current().id(), line));
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn capture_warnings() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = log::set_logger(&CaptureWarnings);
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+}
+
+/// The warnings this test's thread logged.
+fn my_warnings() -> Vec<String> {
+    let me = std::thread::current().id();
+    WARNINGS
+        .lock()
+        .map(|w| {
+            w.iter()
+                .filter(|(t, _)| *t == me)
+                .map(|(_, l)| l.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 fn at(offset_s: i64) -> UtcTime {
     UtcTime::from_unix_seconds(SIM_EPOCH_UTC.unix_seconds() + offset_s)
@@ -295,6 +342,7 @@ fn psk_and_certificate_survive_30_percent_loss_over_30_seeds() {
 /// Runs a refused configuration for 100 s of virtual time and returns the client's
 /// failure reasons and the server's.
 fn refused(mut sim: Sim) -> (Vec<String>, Vec<String>) {
+    capture_warnings();
     sim.start().unwrap();
     assert!(!sim.run_until_registered(Duration::from_secs(100)));
     assert!(sim.server().registration("sim-client").is_none());
@@ -316,11 +364,21 @@ fn refused(mut sim: Sim) -> (Vec<String>, Vec<String>) {
     (client, server)
 }
 
+/// Every reason names `needle`, and each was logged as a warning about the handshake.
 fn assert_reason(reasons: &[String], needle: &str) {
     assert!(
         !reasons.is_empty() && reasons.iter().all(|r| r.contains(needle)),
         "expected {needle:?} in {reasons:?}"
     );
+    let logged = my_warnings();
+    for r in reasons {
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.contains("DTLS handshake") && l.contains(r.as_str())),
+            "reason {r:?} was not logged: {logged:?}"
+        );
+    }
 }
 
 #[test]
@@ -469,6 +527,7 @@ fn a_new_handshake_from_the_same_address_replaces_the_old_session() {
 /// handshake fails at 14 s.
 #[test]
 fn handshake_timers_come_from_the_client_configuration() {
+    capture_warnings();
     let mut cfg = SimConfig::new(18).with_dtls(
         SecurityInstance::psk(URI, 1, PSK_ID, PSK_KEY),
         psk_server(&[(PSK_ID, PSK_KEY)]),
