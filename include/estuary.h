@@ -188,6 +188,35 @@ typedef void (*estuary_log_handler_t)(estuary_log_level_t level,
                                       void *arg);
 
 /**
+ * Where a certificate chain info points: one of the ESTUARY_CHAIN_SOURCE_* constants.
+ */
+typedef int estuary_certificate_chain_source_t;
+
+/**
+ * Certificates to load (as Anjay's avs_crypto_certificate_chain_info_t): make it with an
+ * estuary_certificate_chain_info_from_*() helper. It only points at the file name or buffer;
+ * estuary_new() reads them, so they must stay valid until then.
+ */
+typedef struct estuary_certificate_chain_info_t {
+    /**
+     * One of the ESTUARY_CHAIN_SOURCE_* constants.
+     */
+    estuary_certificate_chain_source_t source;
+    /**
+     * The file or directory name (FILE, PATH).
+     */
+    const char *path;
+    /**
+     * The certificates (BUFFER).
+     */
+    const void *data;
+    /**
+     * Size in bytes of data.
+     */
+    size_t size;
+} estuary_certificate_chain_info_t;
+
+/**
  * CoAP transmission parameters over UDP (RFC 7252 section 4.8). Unlike the configuration
  * struct, a given parameter struct is taken as it is: every field must be valid.
  */
@@ -211,6 +240,16 @@ typedef struct estuary_coap_udp_tx_params_t {
      */
     size_t nstart;
 } estuary_coap_udp_tx_params_t;
+
+/**
+ * DTLS handshake retransmission timers (RFC 6347 section 4.2.4.1): the first
+ * retransmission after `min`, doubling up to `max`; a flight unanswered after the wait at
+ * `max` fails the handshake. Both more than zero, min <= max. RFC default: 1 s and 60 s.
+ */
+typedef struct estuary_dtls_handshake_timeouts_t {
+    struct estuary_time_duration_t min;
+    struct estuary_time_duration_t max;
+} estuary_dtls_handshake_timeouts_t;
 
 /**
  * Configuration for estuary_new(). Fill it with a designated initializer; every field
@@ -249,6 +288,15 @@ typedef struct estuary_configuration_t {
      * 0 (default): seeded from the operating system, as production should be.
      */
     uint64_t prng_seed;
+    /**
+     * DTLS handshake retransmission timers. NULL (default): 1 s doubling to 60 s.
+     */
+    const struct estuary_dtls_handshake_timeouts_t *udp_dtls_hs_tx_params;
+    /**
+     * Trust anchors for server certificates besides the Security object's /0/x/4 (used with
+     * Certificate Usage 0 and 1). Zeroed (default): none. Read by estuary_new().
+     */
+    struct estuary_certificate_chain_info_t trust_store_certs;
 } estuary_configuration_t;
 
 /**
@@ -293,7 +341,8 @@ typedef struct estuary_security_instance_t {
      */
     int32_t bootstrap_timeout_s;
     /**
-     * PSK identity, or the client certificate (DER). NULL with size 0 = empty.
+     * PSK identity (PSK mode), or the client certificate, DER or PEM (Certificate mode).
+     * NULL with size 0 = empty.
      */
     const uint8_t *public_cert_or_psk_identity;
     /**
@@ -301,7 +350,8 @@ typedef struct estuary_security_instance_t {
      */
     size_t public_cert_or_psk_identity_size;
     /**
-     * PSK key, or the client private key (DER). NULL with size 0 = empty.
+     * PSK key, 1 to 32 bytes (PSK mode), or the client's private key, DER or PEM
+     * (Certificate mode). NULL with size 0 = empty.
      */
     const uint8_t *private_cert_or_psk_key;
     /**
@@ -309,13 +359,27 @@ typedef struct estuary_security_instance_t {
      */
     size_t private_cert_or_psk_key_size;
     /**
-     * The server's public key or certificate (DER). NULL with size 0 = empty.
+     * Certificate mode: the server's certificate or trust anchor, DER or PEM, as
+     * certificate_usage says. NULL with size 0 = empty.
      */
     const uint8_t *server_public_key;
     /**
      * Size in bytes of server_public_key.
      */
     size_t server_public_key_size;
+    /**
+     * Server Name Indication (/0/x/14): the name sent in the handshake and required in the
+     * server certificate. NULL (default): the host of server_uri.
+     */
+    const char *server_name_indication;
+    /**
+     * Certificate Usage (/0/x/15, RFC 6698): points at 0 (CA constraint: the chain passes
+     * through the CA in server_public_key and ends at trust_store_certs), 1 (service
+     * certificate: the server's certificate is server_public_key and chains to
+     * trust_store_certs), 2 (trust anchor: server_public_key is the CA to chain to) or 3
+     * (domain-issued: the server's certificate is server_public_key). NULL (default): 3.
+     */
+    const uint8_t *certificate_usage;
 } estuary_security_instance_t;
 
 /**
@@ -488,6 +552,26 @@ typedef int (*estuary_stream_write_cb_t)(void *arg, const uint8_t *data, size_t 
 #define ESTUARY_COAP_UDP_TX_PARAMS_DEFAULT (estuary_coap_udp_tx_params_t){ .ack_timeout = (estuary_time_duration_t){ .seconds = 2, .nanoseconds = 0 }, .ack_random_factor = 1.5, .max_retransmit = 4, .nstart = 1 }
 
 /**
+ * Empty (a zeroed estuary_certificate_chain_info_t).
+ */
+#define ESTUARY_CHAIN_SOURCE_EMPTY 0
+
+/**
+ * A file with one DER certificate, or PEM certificates.
+ */
+#define ESTUARY_CHAIN_SOURCE_FILE 1
+
+/**
+ * A directory: every file in it that holds certificates.
+ */
+#define ESTUARY_CHAIN_SOURCE_PATH 2
+
+/**
+ * A buffer with one DER certificate, or PEM certificates.
+ */
+#define ESTUARY_CHAIN_SOURCE_BUFFER 3
+
+/**
  * "No ID": as the input of an *_add_instance() call, "choose the lowest free ID".
  */
 #define ESTUARY_ID_INVALID 65535
@@ -570,6 +654,26 @@ void estuary_set_log_handler(estuary_log_handler_t handler, void *arg);
  * Returns 0, or ESTUARY_ERR_INVALID_ARGUMENT for an unknown level (the level is unchanged).
  */
 int estuary_set_log_level(estuary_log_level_t level);
+
+/**
+ * Certificates from a file (one DER certificate or PEM certificates), e.g. for
+ * estuary_configuration_t.trust_store_certs. The name is read by estuary_new(). NULL gives
+ * the empty chain (and a log line).
+ */
+struct estuary_certificate_chain_info_t estuary_certificate_chain_info_from_file(const char *filename);
+
+/**
+ * Certificates from every file in a directory that holds any (e.g. /etc/ssl/certs).
+ * NULL gives the empty chain (and a log line).
+ */
+struct estuary_certificate_chain_info_t estuary_certificate_chain_info_from_path(const char *path);
+
+/**
+ * Certificates from a buffer (one DER certificate or PEM certificates), which must stay
+ * valid until estuary_new() returns. NULL with a non-zero size gives the empty chain.
+ */
+struct estuary_certificate_chain_info_t estuary_certificate_chain_info_from_buffer(const void *data,
+                                                                                   size_t size);
 
 /**
  * Creates a client from `config` (see estuary_configuration_t for each field). Nothing is

@@ -8,17 +8,23 @@
 
 use std::collections::VecDeque;
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 
 use crate::coap::{self, code, Endpoint, InboundRequest, RequestType, TxParams};
-use crate::dm::objects::SecurityMode;
+use crate::crypto::{Drbg, TrustStore};
 use crate::dm::ops::{self, Requester};
 use crate::dm::{link, DataModel, Object, Path};
+use crate::dtls::HandshakeTimers;
 use crate::error::Error;
 use crate::lwm2m::registration::{RegistrationParams, SessionEvent};
+use crate::lwm2m::transport::{ChannelEvent, ChannelSecurity, SecureChannel};
 use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
 use crate::rng::RandomSource;
 use crate::time::{Instant, Now};
+
+/// The largest datagram a DTLS connection takes: a full 16 KiB record plus its header and
+/// the largest expansion of our cipher suites.
+pub(crate) const MAX_DTLS_DATAGRAM: usize = 16384 + 13 + 256;
 
 /// Identifies the connection a datagram belongs to (one per server account).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +60,18 @@ pub enum Event {
     ConnectionClosed {
         conn: ConnectionId,
     },
+    /// A DTLS session with the server is up.
+    SecureConnectionEstablished {
+        ssid: u16,
+        cipher_suite: String,
+        resumed: bool,
+    },
+    /// A DTLS handshake failed (the reason names what was refused); the registration attempt
+    /// it carried fails and is retried with the usual back-off.
+    SecureConnectionFailed {
+        ssid: u16,
+        reason: String,
+    },
 }
 
 /// Client configuration (the Rust counterpart of `estuary_configuration_t`).
@@ -67,6 +85,11 @@ pub struct ClientConfig {
     /// Bytes of responses kept for answering retransmitted requests.
     pub msg_cache_size: usize,
     pub udp_tx_params: TxParams,
+    /// DTLS handshake retransmission timers (RFC 6347: 1 s doubling to 60 s).
+    pub udp_dtls_hs_tx_params: HandshakeTimers,
+    /// Trust anchors for server certificates besides the Security object's /0/x/4 (used
+    /// by Certificate Usage 0 and 1, and added to the /0/x/4 anchor otherwise).
+    pub trust_store_certs: TrustStore,
 }
 
 impl ClientConfig {
@@ -83,6 +106,8 @@ impl ClientConfig {
             out_buffer_size: Self::DEFAULT_OUT_BUFFER_SIZE,
             msg_cache_size: Self::DEFAULT_MSG_CACHE_SIZE,
             udp_tx_params: TxParams::default(),
+            udp_dtls_hs_tx_params: HandshakeTimers::default(),
+            trust_store_certs: TrustStore::new(),
         }
     }
 
@@ -117,6 +142,13 @@ pub struct Client {
     rng: Box<dyn RandomSource>,
     dm: DataModel,
     sessions: Vec<ServerSession>,
+    /// The security layer of each session's connection (same index as `sessions`).
+    channels: Vec<SecureChannel>,
+    /// Randomness for DTLS handshakes: seeded from `rng` unless replaced
+    /// ([`Client::set_dtls_rng`]).
+    drbg: Drbg,
+    /// The time of the last call that passed one, for work done in `poll_transmit`.
+    last_now: Now,
     events: VecDeque<Event>,
     started: bool,
     shutting_down: bool,
@@ -129,16 +161,38 @@ impl Client {
         let mut cfg = cfg;
         cfg.udp_tx_params = cfg.udp_tx_params.sanitized();
         cfg.validate()?;
+        let dtls = &cfg.udp_dtls_hs_tx_params;
+        if dtls.min.is_zero() || dtls.min > dtls.max || dtls.max.as_millis() > u128::from(u32::MAX)
+        {
+            return Err(Error::Config(format!(
+                "udp_dtls_hs_tx_params needs 0 < min <= max < 2^32 ms, got min {:?} max {:?}",
+                dtls.min, dtls.max
+            )));
+        }
+        let mut rng = rng;
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
         Ok(Client {
             cfg,
             rng,
             dm: DataModel::new(),
             sessions: Vec::new(),
+            channels: Vec::new(),
+            drbg: Drbg::from_seed_bytes(&seed),
+            last_now: Now::default(),
             events: VecDeque::new(),
             started: false,
             shutting_down: false,
             next_conn_poll: 0,
         })
+    }
+
+    /// The generator for DTLS handshakes (keys, nonces, randoms). [`Client::new`] seeds one
+    /// from its `RandomSource`, which suits the simulator; production passes one seeded by
+    /// the OS (`io::Driver` does). Takes effect for connections opened by
+    /// [`Client::start`].
+    pub fn set_dtls_rng(&mut self, drbg: Drbg) {
+        self.drbg = drbg;
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -168,25 +222,34 @@ impl Client {
         if self.started {
             return Ok(());
         }
+        self.last_now = now;
         let mut sessions = Vec::new();
+        let mut channels = Vec::new();
+        let mut refused = Vec::new();
         for (iid, sec) in self.dm.security.management_accounts() {
             let Some(ssid) = sec.ssid else { continue };
             if self.dm.server.by_ssid(ssid).is_none() {
                 warn!("security instance {iid} (ssid={ssid}) has no Server instance; skipped");
                 continue;
             }
-            match sec.security_mode {
-                SecurityMode::NoSec => {}
-                other => {
-                    warn!("ssid={ssid}: security mode {other:?} is not supported yet; account skipped");
+            let uri = ServerUri::parse(&sec.server_uri)?;
+            let security = match ChannelSecurity::from_instance(
+                sec,
+                &uri,
+                &self.cfg.trust_store_certs,
+                self.cfg.udp_dtls_hs_tx_params,
+                &self.drbg,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(
+                        "ssid={ssid}: security instance {iid} cannot be used: {e}; account skipped"
+                    );
+                    refused.push(format!("ssid={ssid}: {e}"));
                     continue;
                 }
-            }
-            let uri = ServerUri::parse(&sec.server_uri)?;
-            if uri.secure {
-                warn!("ssid={ssid}: coaps:// URI with NoSec mode; account skipped");
-                continue;
-            }
+            };
+            channels.push(SecureChannel::new(security));
             let endpoint = Endpoint::new(
                 self.cfg.udp_tx_params,
                 self.cfg.out_buffer_size,
@@ -196,11 +259,17 @@ impl Client {
             sessions.push(ServerSession::new(ssid, uri, endpoint, now.mono));
         }
         if sessions.is_empty() {
-            return Err(Error::Config(
-                "no usable management-server account (Security + Server instances)".into(),
-            ));
+            let why = if refused.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", refused.join("; "))
+            };
+            return Err(Error::Config(format!(
+                "no usable management-server account (Security + Server instances){why}"
+            )));
         }
         self.sessions = sessions;
+        self.channels = channels;
         self.started = true;
         self.drive(now);
         Ok(())
@@ -258,6 +327,7 @@ impl Client {
         now: Now,
         ssid: Option<u16>,
     ) -> Result<(), Error> {
+        self.last_now = now;
         let mut found = false;
         for s in self
             .sessions
@@ -277,34 +347,100 @@ impl Client {
     /// Feeds a datagram received on `conn`. Malformed or oversized datagrams are dropped
     /// with a debug log line and change nothing.
     pub fn handle_datagram(&mut self, now: Now, conn: ConnectionId, data: &[u8]) {
-        if data.len() > self.cfg.in_buffer_size {
-            debug!(
-                "dropping {}-byte datagram larger than in_buffer_size",
-                data.len()
-            );
-            return;
-        }
-        let Some(s) = self
+        self.last_now = now;
+        let Some(i) = self
             .sessions
-            .iter_mut()
-            .find(|s| Self::conn_of(s.ssid) == conn)
+            .iter()
+            .position(|s| Self::conn_of(s.ssid) == conn)
         else {
             debug!("dropping datagram for unknown connection {conn:?}");
             return;
         };
-        if s.endpoint.handle_datagram(now.mono, data).is_err() {
+        // in_buffer_size bounds CoAP messages; on a DTLS connection the record around one
+        // (and a handshake flight) may be larger, up to one maximal DTLS record.
+        let limit = if self.channels[i].is_secure() {
+            MAX_DTLS_DATAGRAM
+        } else {
+            self.cfg.in_buffer_size
+        };
+        if data.len() > limit {
+            debug!("dropping {}-byte datagram larger than {limit}", data.len());
             return;
         }
-        self.drive(now);
+        let coap_datagrams = self.channels[i].handle_datagram(now, data);
+        let mut accepted = false;
+        for d in coap_datagrams {
+            if d.len() > self.cfg.in_buffer_size {
+                debug!(
+                    "dropping {}-byte CoAP message larger than in_buffer_size",
+                    d.len()
+                );
+                continue;
+            }
+            accepted |= self.sessions[i]
+                .endpoint
+                .handle_datagram(now.mono, &d)
+                .is_ok();
+        }
+        let changed = self.take_channel_events();
+        if accepted || changed {
+            self.drive(now);
+        }
     }
 
     /// Runs timers that are due.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.last_now = now;
+        for c in &mut self.channels {
+            c.handle_timeout(now);
+        }
+        self.take_channel_events();
         self.drive(now);
+    }
+
+    /// Turns what the connections' security layers report into events; a failed handshake
+    /// fails the exchanges waiting for it (the Register, say), so the registration session
+    /// applies its retry and back-off. True if anything happened.
+    fn take_channel_events(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.channels.len() {
+            let ssid = self.sessions[i].ssid;
+            while let Some(ev) = self.channels[i].poll_event() {
+                any = true;
+                match ev {
+                    ChannelEvent::Established {
+                        suite: cipher_suite,
+                        resumed,
+                    } => {
+                        info!("ssid={ssid}: DTLS session established ({cipher_suite})");
+                        self.events.push_back(Event::SecureConnectionEstablished {
+                            ssid,
+                            cipher_suite,
+                            resumed,
+                        });
+                    }
+                    ChannelEvent::HandshakeFailed(e) => {
+                        let reason = e.to_string();
+                        warn!(
+                            "ssid={ssid}: DTLS handshake with {} failed: {reason}",
+                            self.sessions[i].uri
+                        );
+                        self.events
+                            .push_back(Event::SecureConnectionFailed { ssid, reason });
+                        self.sessions[i].endpoint.cancel_all();
+                    }
+                    ChannelEvent::Closed(reason) => {
+                        debug!("ssid={ssid}: DTLS session closed ({reason})");
+                    }
+                }
+            }
+        }
+        any
     }
 
     /// Starts De-registration from every server; `poll_event` reports each one.
     pub fn shutdown(&mut self, now: Now) {
+        self.last_now = now;
         self.shutting_down = true;
         for s in &mut self.sessions {
             s.deregister(now.mono);
@@ -410,9 +546,35 @@ impl Client {
     /// The next datagram to send, taking connections in turn.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let n = self.sessions.len();
+        let now = self.last_now;
         for k in 0..n {
             let i = (self.next_conn_poll + k) % n;
-            if let Some(data) = self.sessions[i].endpoint.poll_transmit() {
+            while let Some(coap) = self.sessions[i].endpoint.poll_transmit() {
+                self.channels[i].send(now, coap);
+            }
+            // A failed registration attempt over an established DTLS session may mean the
+            // server lost the session (it restarted): the retry starts a new handshake.
+            if !self.shutting_down
+                && matches!(self.sessions[i].state(), RegistrationState::Idle { .. })
+                && self.channels[i].is_secure()
+                && self.channels[i].is_established()
+            {
+                debug!(
+                    "ssid={}: registration failed over DTLS; the retry starts a new handshake",
+                    self.sessions[i].ssid
+                );
+                self.channels[i].close(now);
+            }
+            // After De-register, end the DTLS session properly (close_notify).
+            if self.shutting_down
+                && matches!(self.sessions[i].state(), RegistrationState::Deregistered)
+                && self.sessions[i].endpoint.is_idle()
+                && self.channels[i].is_established()
+                && self.channels[i].is_secure()
+            {
+                self.channels[i].close(now);
+            }
+            if let Some(data) = self.channels[i].poll_transmit() {
                 self.next_conn_poll = (i + 1) % n;
                 return Some(Transmit {
                     conn: Self::conn_of(self.sessions[i].ssid),
@@ -425,7 +587,11 @@ impl Client {
 
     /// The earliest time [`Client::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.iter().filter_map(|s| s.poll_timeout()).min()
+        self.sessions
+            .iter()
+            .filter_map(|s| s.poll_timeout())
+            .chain(self.channels.iter().filter_map(SecureChannel::poll_timeout))
+            .min()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

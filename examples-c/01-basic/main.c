@@ -1,12 +1,17 @@
 /*
  * 01-basic: the smallest Estuary client. Registers with one LwM2M server over plain CoAP,
- * serves Reads of the Device object, and de-registers on SIGINT/SIGTERM.
+ * or over DTLS with a pre-shared key or certificates, serves Reads of the Device object,
+ * and de-registers on SIGINT/SIGTERM.
  *
  *   01-basic -e ENDPOINT [-u coap://127.0.0.1:5683] [-l LIFETIME]
+ *   01-basic -e ENDPOINT -u coaps://127.0.0.1:5684 -i IDENTITY -k HEXKEY
+ *   01-basic -e ENDPOINT -u coaps://127.0.0.1:5684 -C CERT -K KEY -S SERVERCERT
  */
 #include <estuary.h>
 
+#include <ctype.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,21 +37,109 @@ static void log_handler(estuary_log_level_t level, const char *module,
 
 static void usage(const char *prog) {
     fprintf(stderr,
-            "usage: %s -e ENDPOINT [-u SERVER_URI] [-l LIFETIME] [-h]\n"
+            "usage: %s -e ENDPOINT [-u SERVER_URI] [-l LIFETIME]\n"
+            "          [-i PSK_IDENTITY -k PSK_HEX_KEY | -C CERT -K KEY -S SERVER_CERT] [-h]\n"
             "  -e ENDPOINT    endpoint client name (required)\n"
-            "  -u SERVER_URI  LwM2M server URI (default coap://127.0.0.1:5683)\n"
+            "  -u SERVER_URI  LwM2M server URI (default coap://127.0.0.1:5683;\n"
+            "                 coaps://... with -i/-k or -C/-K/-S)\n"
             "  -l LIFETIME    registration lifetime in seconds (default 60)\n"
+            "  -i IDENTITY    PSK mode: the PSK identity\n"
+            "  -k HEXKEY      PSK mode: the key, in hex\n"
+            "  -C CERT        Certificate mode: our certificate file (PEM or DER)\n"
+            "  -K KEY         Certificate mode: our private key file (PEM or DER)\n"
+            "  -S SERVERCERT  Certificate mode: the server's certificate file (PEM or DER)\n"
             "  -h             this help\n",
             prog);
+}
+
+/* Reads a whole file into a malloc'd buffer; NULL (and a message) on failure. */
+static uint8_t *read_file(const char *path, size_t *out_size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return NULL;
+    }
+    uint8_t *buf = NULL;
+    size_t size = 0, cap = 0;
+    for (;;) {
+        if (size == cap) {
+            cap = cap ? 2 * cap : 4096;
+            uint8_t *bigger = (uint8_t *) realloc(buf, cap);
+            if (!bigger) {
+                free(buf);
+                fclose(f);
+                fprintf(stderr, "%s: out of memory\n", path);
+                return NULL;
+            }
+            buf = bigger;
+        }
+        size_t n = fread(buf + size, 1, cap - size, f);
+        size += n;
+        if (n == 0) {
+            break;
+        }
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed || size == 0) {
+        fprintf(stderr, "%s: %s\n", path, failed ? "read error" : "empty file");
+        free(buf);
+        return NULL;
+    }
+    *out_size = size;
+    return buf;
+}
+
+/* Decodes hex text into a malloc'd buffer; NULL on bad input. */
+static uint8_t *parse_hex(const char *hex, size_t *out_size) {
+    size_t len = strlen(hex);
+    if (len == 0 || len % 2) {
+        return NULL;
+    }
+    uint8_t *buf = (uint8_t *) malloc(len / 2);
+    if (!buf) {
+        return NULL;
+    }
+    for (size_t i = 0; i < len / 2; i++) {
+        unsigned v;
+        char pair[3] = { hex[2 * i], hex[2 * i + 1], 0 };
+        char *end = NULL;
+        v = (unsigned) strtoul(pair, &end, 16);
+        if (!end || *end || !isxdigit((unsigned char) pair[0])
+                || !isxdigit((unsigned char) pair[1])) {
+            free(buf);
+            return NULL;
+        }
+        buf[i] = (uint8_t) v;
+    }
+    *out_size = len / 2;
+    return buf;
 }
 
 int main(int argc, char **argv) {
     const char *endpoint = NULL;
     const char *uri = "coap://127.0.0.1:5683";
     long lifetime = 60;
+    const char *psk_identity = NULL, *psk_hex = NULL;
+    const char *cert_path = NULL, *key_path = NULL, *server_cert_path = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "e:u:l:h")) != -1) {
+    while ((opt = getopt(argc, argv, "e:u:l:i:k:C:K:S:h")) != -1) {
         switch (opt) {
+        case 'i':
+            psk_identity = optarg;
+            break;
+        case 'k':
+            psk_hex = optarg;
+            break;
+        case 'C':
+            cert_path = optarg;
+            break;
+        case 'K':
+            key_path = optarg;
+            break;
+        case 'S':
+            server_cert_path = optarg;
+            break;
         case 'e':
             endpoint = optarg;
             break;
@@ -74,6 +167,46 @@ int main(int argc, char **argv) {
         usage(argv[0]);
         return 2;
     }
+    const bool psk_mode = psk_identity || psk_hex;
+    const bool cert_mode = cert_path || key_path || server_cert_path;
+    if ((psk_mode && (!psk_identity || !psk_hex))
+            || (cert_mode && (!cert_path || !key_path || !server_cert_path))
+            || (psk_mode && cert_mode)) {
+        fprintf(stderr, "PSK mode needs both -i and -k; Certificate mode needs -C, -K and "
+                        "-S; they cannot be combined\n");
+        usage(argv[0]);
+        return 2;
+    }
+    /* Credentials are read before anything else, so a bad file fails early. */
+    uint8_t *identity = NULL, *secret = NULL, *server_cert = NULL;
+    size_t identity_size = 0, secret_size = 0, server_cert_size = 0;
+    int32_t mode = ESTUARY_SECURITY_NOSEC;
+    if (psk_mode) {
+        mode = ESTUARY_SECURITY_PSK;
+        identity_size = strlen(psk_identity);
+        identity = (uint8_t *) malloc(identity_size + 1);
+        if (identity) {
+            memcpy(identity, psk_identity, identity_size + 1);
+        }
+        secret = parse_hex(psk_hex, &secret_size);
+        if (!identity || !secret) {
+            fprintf(stderr, "invalid PSK key (expected hex): %s\n", psk_hex);
+            free(identity);
+            free(secret);
+            return 2;
+        }
+    } else if (cert_mode) {
+        mode = ESTUARY_SECURITY_CERTIFICATE;
+        identity = read_file(cert_path, &identity_size);
+        secret = read_file(key_path, &secret_size);
+        server_cert = read_file(server_cert_path, &server_cert_size);
+        if (!identity || !secret || !server_cert) {
+            free(identity);
+            free(secret);
+            free(server_cert);
+            return 2;
+        }
+    }
 
     estuary_set_log_handler(log_handler, NULL);
     estuary_set_log_level(ESTUARY_LOG_INFO);
@@ -87,6 +220,9 @@ int main(int argc, char **argv) {
     g_estuary = estuary_new(&config);
     if (!g_estuary) {
         fprintf(stderr, "could not create the client\n");
+        free(identity);
+        free(secret);
+        free(server_cert);
         return 1;
     }
 
@@ -95,7 +231,16 @@ int main(int argc, char **argv) {
         .ssid = 1,
         .server_uri = uri,
         .bootstrap_server = false,
-        .security_mode = ESTUARY_SECURITY_NOSEC,
+        .security_mode = mode,
+        .client_holdoff_s = -1,
+        .bootstrap_timeout_s = -1,
+        .public_cert_or_psk_identity = identity,
+        .public_cert_or_psk_identity_size = identity_size,
+        .private_cert_or_psk_key = secret,
+        .private_cert_or_psk_key_size = secret_size,
+        .server_public_key = server_cert,
+        .server_public_key_size = server_cert_size,
+        /* certificate_usage NULL: 3, the server must present exactly SERVERCERT. */
     };
     const estuary_server_instance_t server = {
         .ssid = 1,
@@ -147,5 +292,12 @@ finish:
         g_estuary = NULL;
         estuary_delete(estuary);
     }
+    /* The Security object keeps its own copies; wipe ours. */
+    if (secret) {
+        memset(secret, 0, secret_size);
+    }
+    free(identity);
+    free(secret);
+    free(server_cert);
     return result;
 }

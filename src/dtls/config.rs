@@ -130,6 +130,33 @@ impl HandshakeTimers {
     }
 }
 
+/// How a client ties the server's certificate to one it was given (the Security object's
+/// /0/x/4), beyond the chain to the trust anchors: LwM2M's Certificate Usage (RFC 6698).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ServerCertificatePin {
+    /// Only the chain to the trust anchors counts (usage 2, with /0/x/4 as the anchor).
+    #[default]
+    None,
+    /// The verified chain must pass through this CA certificate (usage 0).
+    InChain(Certificate),
+    /// The end-entity certificate must be this one and chain to the anchors (usage 1).
+    EndEntity(Certificate),
+    /// The end-entity certificate must be this one; no chain to an anchor is needed, but its
+    /// validity period and name are still checked (usage 3).
+    EndEntityOnly(Certificate),
+}
+
+impl ServerCertificatePin {
+    fn certificate(&self) -> Option<&Certificate> {
+        match self {
+            ServerCertificatePin::None => None,
+            ServerCertificatePin::InChain(c)
+            | ServerCertificatePin::EndEntity(c)
+            | ServerCertificatePin::EndEntityOnly(c) => Some(c),
+        }
+    }
+}
+
 /// A server's PSK lookup: the key for an identity, `None` if the identity is unknown.
 /// Called during the handshake; a panic inside it counts as "unknown".
 #[derive(Clone)]
@@ -181,6 +208,7 @@ pub struct DtlsConfig {
     /// Client: the anchors for the server's certificate. Server: for client certificates.
     trust: Option<TrustStore>,
     server_name: Option<String>,
+    pin: ServerCertificatePin,
     verify_at: Option<UtcTime>,
     psk_lookup: Option<PskLookup>,
     timers: HandshakeTimers,
@@ -200,6 +228,7 @@ impl DtlsConfig {
             credentials: Some(credentials),
             trust: None,
             server_name: None,
+            pin: ServerCertificatePin::None,
             verify_at: None,
             psk_lookup: None,
             timers: HandshakeTimers::default(),
@@ -231,6 +260,7 @@ impl DtlsConfig {
             credentials: None,
             trust: None,
             server_name: None,
+            pin: ServerCertificatePin::None,
             verify_at: None,
             psk_lookup: None,
             timers: HandshakeTimers::default(),
@@ -256,6 +286,13 @@ impl DtlsConfig {
     /// first, the CN only without one, as `Certificate::matches_name`).
     pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = Some(name.into());
+        self
+    }
+
+    /// Client: ties the server's certificate to a given one (Certificate Usage). With
+    /// [`ServerCertificatePin::EndEntityOnly`] no trust store is needed.
+    pub fn with_server_certificate_pin(mut self, pin: ServerCertificatePin) -> Self {
+        self.pin = pin;
         self
     }
 
@@ -412,10 +449,23 @@ impl DtlsConfig {
             Some(Credentials::Certificate { chain, key }) => {
                 self.add_certificate(conf, chain, key)?;
                 let at = self.require_time()?;
-                let trust = self.require_trust("the server's certificate")?;
+                let pinned_only;
+                let trust = match &self.pin {
+                    // The pinned certificate is the only anchor mbedtls needs to see; the
+                    // verify callback accepts exactly that end-entity certificate.
+                    ServerCertificatePin::EndEntityOnly(cert) => {
+                        let mut t = TrustStore::new();
+                        t.add(cert.clone());
+                        pinned_only = t;
+                        &pinned_only
+                    }
+                    _ => self.require_trust("the server's certificate")?,
+                };
                 conf.set_ca_list(Arc::new(trust.to_mbedtls()?), None);
                 conf.set_authmode(AuthMode::Required);
-                *lock(verify) = VerifyState::new(at, self.server_name.clone());
+                let mut state = VerifyState::new(at, self.server_name.clone());
+                state.pin = self.pin.clone();
+                *lock(verify) = state;
                 conf.set_verify_callback(verify_callback(Arc::clone(verify)));
                 Ok(cert_suites().iter().map(|(s, _)| suite_id(s)).collect())
             }
@@ -534,6 +584,7 @@ impl fmt::Debug for DtlsConfig {
                 &self.trust.as_ref().map_or(0, TrustStore::len),
             )
             .field("server_name", &self.server_name)
+            .field("pin", &self.pin.certificate().map(Certificate::subject))
             .field("verify_at", &self.verify_at)
             .field("timers", &self.timers)
             .field("mtu", &self.mtu)
@@ -571,6 +622,9 @@ pub(super) struct Built {
 pub(super) struct VerifyState {
     at: UtcTime,
     expected_name: Option<String>,
+    pin: ServerCertificatePin,
+    /// Whether the pinned CA ([`ServerCertificatePin::InChain`]) was on the chain so far.
+    pin_seen: bool,
     /// `subject (depth n): problem`, one per problem found.
     pub(super) notes: Vec<String>,
     /// Every flag set on any certificate of the chain, after our time and name policy.
@@ -582,6 +636,8 @@ impl VerifyState {
         VerifyState {
             at,
             expected_name,
+            pin: ServerCertificatePin::None,
+            pin_seen: false,
             notes: Vec::new(),
             flags: None,
         }
@@ -591,6 +647,7 @@ impl VerifyState {
     pub(super) fn reset(&mut self) {
         self.notes.clear();
         self.flags = None;
+        self.pin_seen = false;
     }
 
     fn note(&mut self, crt: &MbedCert, depth: i32, note: String) {
@@ -612,6 +669,7 @@ fn verify_callback(
         if let Some(note) = apply_time_policy(crt, st.at, flags) {
             st.note(crt, depth, note);
         }
+        apply_pin(&mut st, crt, depth, flags);
         if depth == 0 {
             flags.remove(VerifyError::CERT_CN_MISMATCH);
             if let Some(name) = st.expected_name.clone() {
@@ -638,6 +696,40 @@ fn verify_callback(
         let union = st.flags.unwrap_or(VerifyError::empty()) | *flags;
         st.flags = Some(union);
         Ok(())
+    }
+}
+
+/// The Certificate Usage rules. mbedtls calls the verify callback from the top of the chain
+/// down to the end entity (depth 0), so the end entity's verdict comes last and decides.
+fn apply_pin(st: &mut VerifyState, crt: &MbedCert, depth: i32, flags: &mut VerifyError) {
+    let is = |c: &Certificate| crt.as_der() == c.der();
+    match st.pin.clone() {
+        ServerCertificatePin::None => {}
+        ServerCertificatePin::InChain(ca) => {
+            st.pin_seen |= is(&ca);
+            if depth == 0 && !st.pin_seen {
+                flags.insert(VerifyError::CERT_NOT_TRUSTED);
+                st.note(
+                    crt,
+                    depth,
+                    format!("chain does not pass through the given CA {}", ca.subject()),
+                );
+            }
+        }
+        ServerCertificatePin::EndEntity(cert) => {
+            if depth == 0 && !is(&cert) {
+                flags.insert(VerifyError::CERT_NOT_TRUSTED);
+                st.note(crt, depth, "is not the given server certificate".into());
+            }
+        }
+        ServerCertificatePin::EndEntityOnly(cert) => {
+            // No chain to an anchor is required: only the end entity's identity counts.
+            flags.remove(VerifyError::CERT_NOT_TRUSTED);
+            if depth == 0 && !is(&cert) {
+                flags.insert(VerifyError::CERT_NOT_TRUSTED);
+                st.note(crt, depth, "is not the given server certificate".into());
+            }
+        }
     }
 }
 

@@ -30,7 +30,9 @@ mod tests;
 use core::fmt;
 use core::time::Duration;
 
-pub use config::{Credentials, DtlsConfig, HandshakeTimers, PskLookup, Role, DEFAULT_MTU};
+pub use config::{
+    Credentials, DtlsConfig, HandshakeTimers, PskLookup, Role, ServerCertificatePin, DEFAULT_MTU,
+};
 pub use session::{DtlsSession, DtlsState, SavedSession};
 
 use crate::crypto::CryptoError;

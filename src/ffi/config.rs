@@ -2,13 +2,16 @@
 //! the driver's and client's Rust configuration. Zero or NULL fields take the documented
 //! defaults; fields are only ever appended, so the order below is the ABI.
 
-use std::ffi::{c_char, c_uint};
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::path::Path;
 use std::time::Duration;
 
 use super::time::estuary_time_duration_t;
-use super::{arg_ref, str_arg, Refusal};
+use super::{arg_ref, bytes_arg, ffi_boundary, str_arg, Refusal, Refused};
 use crate::client::ClientConfig;
 use crate::coap::TxParams;
+use crate::crypto::{Certificate, TrustStore};
+use crate::dtls::HandshakeTimers;
 use crate::io::DriverConfig;
 
 /// CoAP transmission parameters over UDP (RFC 7252 section 4.8). Unlike the configuration
@@ -40,6 +43,179 @@ pub const ESTUARY_COAP_UDP_TX_PARAMS_DEFAULT: estuary_coap_udp_tx_params_t =
         nstart: 1,
     };
 
+/// DTLS handshake retransmission timers (RFC 6347 section 4.2.4.1): the first
+/// retransmission after `min`, doubling up to `max`; a flight unanswered after the wait at
+/// `max` fails the handshake. Both more than zero, min <= max. RFC default: 1 s and 60 s.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct estuary_dtls_handshake_timeouts_t {
+    pub min: estuary_time_duration_t,
+    pub max: estuary_time_duration_t,
+}
+
+/// Where a certificate chain info points: one of the ESTUARY_CHAIN_SOURCE_* constants.
+pub type estuary_certificate_chain_source_t = c_int;
+/// Empty (a zeroed estuary_certificate_chain_info_t).
+pub const ESTUARY_CHAIN_SOURCE_EMPTY: estuary_certificate_chain_source_t = 0;
+/// A file with one DER certificate, or PEM certificates.
+pub const ESTUARY_CHAIN_SOURCE_FILE: estuary_certificate_chain_source_t = 1;
+/// A directory: every file in it that holds certificates.
+pub const ESTUARY_CHAIN_SOURCE_PATH: estuary_certificate_chain_source_t = 2;
+/// A buffer with one DER certificate, or PEM certificates.
+pub const ESTUARY_CHAIN_SOURCE_BUFFER: estuary_certificate_chain_source_t = 3;
+
+/// Certificates to load (as Anjay's avs_crypto_certificate_chain_info_t): make it with an
+/// estuary_certificate_chain_info_from_*() helper. It only points at the file name or buffer;
+/// estuary_new() reads them, so they must stay valid until then.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct estuary_certificate_chain_info_t {
+    /// One of the ESTUARY_CHAIN_SOURCE_* constants.
+    pub source: estuary_certificate_chain_source_t,
+    /// The file or directory name (FILE, PATH).
+    pub path: *const c_char,
+    /// The certificates (BUFFER).
+    pub data: *const c_void,
+    /// Size in bytes of data.
+    pub size: usize,
+}
+
+impl estuary_certificate_chain_info_t {
+    pub(crate) const EMPTY: Self = estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_EMPTY,
+        path: std::ptr::null(),
+        data: std::ptr::null(),
+        size: 0,
+    };
+
+    /// The trust store this points at.
+    ///
+    /// # Safety
+    /// `path` / `data` must be NULL or valid as documented on the fields.
+    unsafe fn load(&self, what: &'static str) -> Result<TrustStore, Refusal> {
+        let mut store = TrustStore::new();
+        let add = |store: &mut TrustStore, bytes: &[u8], name: &str| {
+            let certs = Certificate::parse_any(bytes)
+                .map_err(|e| Refusal::invalid(format!("{what}: {name}: {e}")))?;
+            for c in certs {
+                store.add(c);
+            }
+            Ok::<(), Refusal>(())
+        };
+        match self.source {
+            ESTUARY_CHAIN_SOURCE_EMPTY => {}
+            ESTUARY_CHAIN_SOURCE_FILE => {
+                // SAFETY: forwarded from the caller.
+                let path = unsafe { str_arg(self.path, what) }?;
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Refusal::invalid(format!("{what}: reading {path}: {e}")))?;
+                add(&mut store, &bytes, &path)?;
+            }
+            ESTUARY_CHAIN_SOURCE_PATH => {
+                // SAFETY: forwarded from the caller.
+                let dir = unsafe { str_arg(self.path, what) }?;
+                let entries = std::fs::read_dir(Path::new(&dir))
+                    .map_err(|e| Refusal::invalid(format!("{what}: reading {dir}: {e}")))?;
+                let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+                names.sort();
+                for p in names.iter().filter(|p| p.is_file()) {
+                    // A certificate directory holds other files too (hash links, CRLs);
+                    // those that hold no certificate are skipped.
+                    match std::fs::read(p).map(|b| Certificate::parse_any(&b)) {
+                        Ok(Ok(certs)) => {
+                            for c in certs {
+                                store.add(c);
+                            }
+                        }
+                        _ => ::log::debug!("{what}: {} holds no certificate; skipped", p.display()),
+                    }
+                }
+                if store.is_empty() {
+                    return Err(Refusal::invalid(format!(
+                        "{what}: no certificate in directory {dir}"
+                    )));
+                }
+            }
+            ESTUARY_CHAIN_SOURCE_BUFFER => {
+                // SAFETY: forwarded from the caller.
+                let bytes = unsafe { bytes_arg(self.data.cast(), self.size, what) }?;
+                if !bytes.is_empty() {
+                    add(&mut store, &bytes, "buffer")?;
+                }
+            }
+            other => {
+                return Err(Refusal::invalid(format!(
+                    "{what}: source {other} is not an ESTUARY_CHAIN_SOURCE_* value"
+                )))
+            }
+        }
+        Ok(store)
+    }
+}
+
+impl Refused for estuary_certificate_chain_info_t {
+    fn refused(_: c_int) -> Self {
+        Self::EMPTY
+    }
+}
+
+/// Certificates from a file (one DER certificate or PEM certificates), e.g. for
+/// estuary_configuration_t.trust_store_certs. The name is read by estuary_new(). NULL gives
+/// the empty chain (and a log line).
+#[no_mangle]
+pub extern "C" fn estuary_certificate_chain_info_from_file(
+    filename: *const c_char,
+) -> estuary_certificate_chain_info_t {
+    ffi_boundary!({
+        if filename.is_null() {
+            return Err(Refusal::null("filename"));
+        }
+        Ok(estuary_certificate_chain_info_t {
+            source: ESTUARY_CHAIN_SOURCE_FILE,
+            path: filename,
+            ..estuary_certificate_chain_info_t::EMPTY
+        })
+    })
+}
+
+/// Certificates from every file in a directory that holds any (e.g. /etc/ssl/certs).
+/// NULL gives the empty chain (and a log line).
+#[no_mangle]
+pub extern "C" fn estuary_certificate_chain_info_from_path(
+    path: *const c_char,
+) -> estuary_certificate_chain_info_t {
+    ffi_boundary!({
+        if path.is_null() {
+            return Err(Refusal::null("path"));
+        }
+        Ok(estuary_certificate_chain_info_t {
+            source: ESTUARY_CHAIN_SOURCE_PATH,
+            path,
+            ..estuary_certificate_chain_info_t::EMPTY
+        })
+    })
+}
+
+/// Certificates from a buffer (one DER certificate or PEM certificates), which must stay
+/// valid until estuary_new() returns. NULL with a non-zero size gives the empty chain.
+#[no_mangle]
+pub extern "C" fn estuary_certificate_chain_info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> estuary_certificate_chain_info_t {
+    ffi_boundary!({
+        if data.is_null() && size != 0 {
+            return Err(Refusal::null("data"));
+        }
+        Ok(estuary_certificate_chain_info_t {
+            source: ESTUARY_CHAIN_SOURCE_BUFFER,
+            data,
+            size,
+            ..estuary_certificate_chain_info_t::EMPTY
+        })
+    })
+}
+
 /// Configuration for estuary_new(). Fill it with a designated initializer; every field
 /// left zero or NULL takes the default stated below. estuary_new() copies what it needs,
 /// so the struct and everything it points to may be freed when it returns.
@@ -63,6 +239,11 @@ pub struct estuary_configuration_t {
     /// Seed of the generator for CoAP message IDs and tokens, for reproducible tests.
     /// 0 (default): seeded from the operating system, as production should be.
     pub prng_seed: u64,
+    /// DTLS handshake retransmission timers. NULL (default): 1 s doubling to 60 s.
+    pub udp_dtls_hs_tx_params: *const estuary_dtls_handshake_timeouts_t,
+    /// Trust anchors for server certificates besides the Security object's /0/x/4 (used with
+    /// Certificate Usage 0 and 1). Zeroed (default): none. Read by estuary_new().
+    pub trust_store_certs: estuary_certificate_chain_info_t,
 }
 
 fn or_default(v: usize, default: usize) -> usize {
@@ -119,6 +300,25 @@ impl estuary_configuration_t {
             // SAFETY: non-NULL, valid per the caller.
             unsafe { arg_ref(self.udp_tx_params, "config->udp_tx_params") }?.to_tx_params()?
         };
+        let udp_dtls_hs_tx_params = if self.udp_dtls_hs_tx_params.is_null() {
+            HandshakeTimers::default()
+        } else {
+            // SAFETY: non-NULL, valid per the caller.
+            let t =
+                unsafe { arg_ref(self.udp_dtls_hs_tx_params, "config->udp_dtls_hs_tx_params") }?;
+            let min = t.min.to_duration("udp_dtls_hs_tx_params->min")?;
+            let max = t.max.to_duration("udp_dtls_hs_tx_params->max")?;
+            if min < Duration::from_millis(1) || min > max || max.as_millis() > u128::from(u32::MAX)
+            {
+                return Err(Refusal::invalid(
+                    "udp_dtls_hs_tx_params needs 1 ms <= min <= max < 2^32 ms",
+                ));
+            }
+            HandshakeTimers { min, max }
+        };
+        // SAFETY: forwarded from the caller.
+        let trust_store_certs =
+            unsafe { self.trust_store_certs.load("config->trust_store_certs") }?;
         let client = ClientConfig {
             endpoint_name,
             in_buffer_size: or_default(self.in_buffer_size, ClientConfig::DEFAULT_IN_BUFFER_SIZE),
@@ -128,6 +328,8 @@ impl estuary_configuration_t {
             ),
             msg_cache_size: or_default(self.msg_cache_size, ClientConfig::DEFAULT_MSG_CACHE_SIZE),
             udp_tx_params,
+            udp_dtls_hs_tx_params,
+            trust_store_certs,
         };
         Ok(DriverConfig {
             client,
@@ -151,6 +353,8 @@ mod tests {
             msg_cache_size: 0,
             udp_tx_params: std::ptr::null(),
             prng_seed: 0,
+            udp_dtls_hs_tx_params: std::ptr::null(),
+            trust_store_certs: estuary_certificate_chain_info_t::EMPTY,
         }
     }
 
@@ -225,5 +429,92 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn ffi_dtls_timers_and_trust_store_are_loaded_and_checked() {
+        let mut rng = crate::crypto::Drbg::from_seed(4);
+        let ca = crate::crypto::CertificateIssuer::new_root_ca(
+            crate::crypto::KeyPair::generate(&mut rng).unwrap(),
+            "CN=trust",
+            crate::time::UtcTime::from_unix_seconds(0),
+            crate::time::UtcTime::from_unix_seconds(1 << 31),
+            &mut rng,
+        )
+        .unwrap();
+        let pem = ca.certificate().to_pem();
+        let der = ca.certificate().der().to_vec();
+        let dir = std::env::temp_dir().join(format!("estuary-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), &pem).unwrap();
+        std::fs::write(dir.join("README"), "not a certificate").unwrap();
+        let file = std::ffi::CString::new(dir.join("ca.pem").to_str().unwrap()).unwrap();
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let missing = c"/nonexistent/estuary-ca.pem";
+
+        let mut c = zeroed();
+        c.endpoint_name = c"dev".as_ptr();
+        let load = |c: &estuary_configuration_t| {
+            // SAFETY: pointers to live locals and literals.
+            unsafe { c.to_driver_config() }.map(|d| d.client)
+        };
+        for info in [
+            estuary_certificate_chain_info_from_file(file.as_ptr()),
+            estuary_certificate_chain_info_from_path(path.as_ptr()),
+            estuary_certificate_chain_info_from_buffer(der.as_ptr().cast(), der.len()),
+            estuary_certificate_chain_info_from_buffer(pem.as_ptr().cast(), pem.len()),
+        ] {
+            c.trust_store_certs = info;
+            let client = load(&c).map_err(|r| r.message).unwrap();
+            assert_eq!(
+                client.trust_store_certs.certificates(),
+                [ca.certificate().clone()]
+            );
+        }
+        for bad in [
+            estuary_certificate_chain_info_from_file(missing.as_ptr()),
+            estuary_certificate_chain_info_from_buffer(b"junk".as_ptr().cast(), 4),
+            estuary_certificate_chain_info_t {
+                source: 9,
+                ..estuary_certificate_chain_info_t::EMPTY
+            },
+        ] {
+            c.trust_store_certs = bad;
+            assert_eq!(
+                load(&c).map_err(|r| r.code).err(),
+                Some(ESTUARY_ERR_INVALID_ARGUMENT)
+            );
+        }
+        // NULL names give the empty chain, which loads as no trust anchors.
+        c.trust_store_certs = estuary_certificate_chain_info_from_file(std::ptr::null());
+        assert!(load(&c).unwrap().trust_store_certs.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let secs = |s| estuary_time_duration_t {
+            seconds: s,
+            nanoseconds: 0,
+        };
+        let timers = estuary_dtls_handshake_timeouts_t {
+            min: secs(2),
+            max: secs(8),
+        };
+        c.trust_store_certs = estuary_certificate_chain_info_t::EMPTY;
+        c.udp_dtls_hs_tx_params = &timers;
+        assert_eq!(
+            load(&c).unwrap().udp_dtls_hs_tx_params,
+            HandshakeTimers {
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(8)
+            }
+        );
+        let inverted = estuary_dtls_handshake_timeouts_t {
+            min: secs(9),
+            max: secs(8),
+        };
+        c.udp_dtls_hs_tx_params = &inverted;
+        assert_eq!(
+            load(&c).map_err(|r| r.code).err(),
+            Some(ESTUARY_ERR_INVALID_ARGUMENT)
+        );
     }
 }

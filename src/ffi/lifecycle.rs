@@ -372,6 +372,8 @@ mod tests {
             msg_cache_size: 0,
             udp_tx_params: std::ptr::null(),
             prng_seed: 11,
+            udp_dtls_hs_tx_params: std::ptr::null(),
+            trust_store_certs: crate::ffi::config::estuary_certificate_chain_info_t::EMPTY,
         };
         // SAFETY: every pointer is NULL or points to a live local for the whole test.
         unsafe {
@@ -390,6 +392,8 @@ mod tests {
                 private_cert_or_psk_key_size: 0,
                 server_public_key: std::ptr::null(),
                 server_public_key_size: 0,
+                server_name_indication: std::ptr::null(),
+                certificate_usage: std::ptr::null(),
             };
             let srv = estuary_server_instance_t {
                 ssid: 1,

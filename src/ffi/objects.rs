@@ -55,18 +55,30 @@ pub struct estuary_security_instance_t {
     /// Bootstrap-Server Account Timeout in seconds (bootstrap account only; negative =
     /// absent).
     pub bootstrap_timeout_s: i32,
-    /// PSK identity, or the client certificate (DER). NULL with size 0 = empty.
+    /// PSK identity (PSK mode), or the client certificate, DER or PEM (Certificate mode).
+    /// NULL with size 0 = empty.
     pub public_cert_or_psk_identity: *const u8,
     /// Size in bytes of public_cert_or_psk_identity.
     pub public_cert_or_psk_identity_size: usize,
-    /// PSK key, or the client private key (DER). NULL with size 0 = empty.
+    /// PSK key, 1 to 32 bytes (PSK mode), or the client's private key, DER or PEM
+    /// (Certificate mode). NULL with size 0 = empty.
     pub private_cert_or_psk_key: *const u8,
     /// Size in bytes of private_cert_or_psk_key.
     pub private_cert_or_psk_key_size: usize,
-    /// The server's public key or certificate (DER). NULL with size 0 = empty.
+    /// Certificate mode: the server's certificate or trust anchor, DER or PEM, as
+    /// certificate_usage says. NULL with size 0 = empty.
     pub server_public_key: *const u8,
     /// Size in bytes of server_public_key.
     pub server_public_key_size: usize,
+    /// Server Name Indication (/0/x/14): the name sent in the handshake and required in the
+    /// server certificate. NULL (default): the host of server_uri.
+    pub server_name_indication: *const c_char,
+    /// Certificate Usage (/0/x/15, RFC 6698): points at 0 (CA constraint: the chain passes
+    /// through the CA in server_public_key and ends at trust_store_certs), 1 (service
+    /// certificate: the server's certificate is server_public_key and chains to
+    /// trust_store_certs), 2 (trust anchor: server_public_key is the CA to chain to) or 3
+    /// (domain-issued: the server's certificate is server_public_key). NULL (default): 3.
+    pub certificate_usage: *const u8,
 }
 
 /// One Server object instance: registration parameters for one management server.
@@ -143,6 +155,13 @@ impl estuary_security_instance_t {
                 self.security_mode
             ))
         })?;
+        if mode == SecurityMode::Rpk {
+            return Err(Refusal::new(
+                ESTUARY_ERR_NOT_SUPPORTED,
+                "security mode ESTUARY_SECURITY_RPK (raw public keys) is not supported; use PSK, \
+                 Certificate or NoSec",
+            ));
+        }
         let identity = unsafe {
             bytes_arg(
                 self.public_cert_or_psk_identity,
@@ -174,6 +193,21 @@ impl estuary_security_instance_t {
         inst.ssid = (!self.bootstrap_server).then_some(self.ssid);
         inst.client_holdoff_time = bootstrap_only(self.client_holdoff_s);
         inst.bootstrap_server_account_timeout = bootstrap_only(self.bootstrap_timeout_s);
+        inst.server_name_indication = unsafe {
+            opt_str_arg(
+                self.server_name_indication,
+                "instance->server_name_indication",
+            )
+        }?;
+        if !self.certificate_usage.is_null() {
+            let usage = *unsafe { arg_ref(self.certificate_usage, "instance->certificate_usage") }?;
+            if usage > 3 {
+                return Err(Refusal::invalid(format!(
+                    "instance->certificate_usage {usage} is not 0 to 3"
+                )));
+            }
+            inst.certificate_usage = Some(usage);
+        }
         Ok(inst)
     }
 }

@@ -1,5 +1,5 @@
 //! The production seed of the message-ID/token generator, from the operating system.
-//! (Key material does not come from here: `crypto::Drbg` seeds itself from the OS.)
+//! (Key material does not come from here: the DTLS `crypto::Drbg` seeds itself from the OS.)
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -2,9 +2,9 @@
 //!
 //! It owns one connected UDP socket per [`ConnectionId`] (opened on the first datagram to
 //! send, host resolved with the system resolver), reads the monotonic and wall clocks,
-//! seeds the client's random generator from the OS, and runs the event loop: `poll(2)` on
-//! the sockets plus a self-pipe for [`InterruptHandle`], bounded by the client's next
-//! deadline, then datagrams in, timers, datagrams out, events to the application.
+//! seeds the client's random generators (message IDs, DTLS) from the OS, and runs the event
+//! loop: `poll(2)` on the sockets plus a self-pipe for [`InterruptHandle`], bounded by the
+//! client's next deadline, then datagrams in, timers, datagrams out, events to the application.
 //! For firmware with its own loop it also offers the pieces separately ([`Driver::sockets`],
 //! [`Driver::serve_fd`], [`Driver::next_wait`], [`Driver::run_due`]).
 //!
@@ -27,6 +27,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 
 use crate::client::{Client, ClientConfig, ConnectionId, Event, Transmit};
+use crate::crypto::Drbg;
 use crate::error::Error;
 use crate::rng::SeededRng;
 
@@ -102,15 +103,31 @@ impl Driver {
             None => entropy::os_seed()
                 .map_err(|e| Error::Io(format!("reading a random seed from the OS: {e}")))?,
         };
-        let client = Client::new(cfg.client, Box::new(SeededRng::new(seed)))?;
+        let mut client = Client::new(cfg.client, Box::new(SeededRng::new(seed)))?;
+        // DTLS keys and nonces come from a CTR-DRBG seeded by the OS, never from the
+        // message-ID generator; a fixed prng_seed (tests) makes them reproducible too.
+        let drbg = match cfg.prng_seed {
+            Some(s) => Drbg::from_seed(s),
+            None => Drbg::from_os_entropy()
+                .map_err(|e| Error::Io(format!("seeding the DTLS random generator: {e}")))?,
+        };
+        client.set_dtls_rng(drbg);
         Self::with_client(client, cfg.udp_listen_port)
     }
 
     /// A driver around an existing client (its random source already chosen).
     pub fn with_client(client: Client, udp_listen_port: u16) -> Result<Driver, Error> {
         let wake = Wake::new().map_err(|e| Error::Io(format!("creating the wake-up pipe: {e}")))?;
-        // No UDP datagram is larger than 65535 bytes, whatever the configuration says.
-        let in_buf = vec![0u8; client.config().in_buffer_size.min(MAX_DATAGRAM) + 1];
+        // No UDP datagram is larger than 65535 bytes, whatever the configuration says; a
+        // DTLS record may be larger than the CoAP message it carries (in_buffer_size).
+        let in_buf = vec![
+            0u8;
+            client
+                .config()
+                .in_buffer_size
+                .clamp(crate::client::MAX_DTLS_DATAGRAM, MAX_DATAGRAM)
+                + 1
+        ];
         Ok(Driver {
             client,
             clock: Clock::new(),

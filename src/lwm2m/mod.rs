@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod registration;
+pub mod transport;
 pub mod uri;
 
 pub use bootstrap::{BootstrapEvent, BootstrapSession, BootstrapState};

@@ -17,8 +17,9 @@
 //! security_mode = "nosec"
 //! ```
 //!
-//! Only `lwm2m_coap` and `control` are served for now; the coaps and bootstrap/EST ports are
-//! reserved so configurations written today stay valid when DTLS, bootstrap and EST land.
+//! `lwm2m_coap`, `lwm2m_coaps` (when the state directory holds credentials) and `control` are
+//! served; the bootstrap/EST ports are reserved so configurations written today stay valid
+//! when bootstrap and EST land.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -55,6 +56,10 @@ pub struct Config {
     /// One section per device, keyed by endpoint name.
     #[serde(default)]
     pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// The state directory this was loaded from (not part of the file): where `run` finds
+    /// the DTLS credentials.
+    #[serde(skip)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +89,7 @@ fn default_bind() -> IpAddr {
 pub struct Ports {
     /// LwM2M server over CoAP/UDP. Served.
     pub lwm2m_coap: u16,
-    /// LwM2M server over CoAP/DTLS. Reserved until DTLS lands; not bound.
+    /// LwM2M server over CoAP/DTLS. Served when the state directory has credentials.
     pub lwm2m_coaps: u16,
     /// Bootstrap + EST server over CoAP/UDP. Reserved until bootstrap lands; not bound.
     pub bootstrap_coap: u16,
@@ -133,7 +138,7 @@ impl SecurityModeName {
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// The management account bootstrap will provision (once bootstrap lands). Registration
-    /// is accepted in NoSec mode whatever this says until DTLS lands.
+    /// is accepted on coap (NoSec) and on coaps (PSK or certificate) whatever this says.
     #[serde(default)]
     pub security_mode: SecurityModeName,
 }
@@ -189,6 +194,11 @@ impl Config {
         SocketAddr::new(self.server.bind, self.ports.lwm2m_coap)
     }
 
+    /// The LwM2M coaps address to bind.
+    pub fn lwm2m_coaps_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.server.bind, self.ports.lwm2m_coaps)
+    }
+
     /// The control API address to bind.
     pub fn control_addr(&self) -> SocketAddr {
         SocketAddr::new(self.server.bind, self.ports.control)
@@ -208,7 +218,7 @@ impl Config {
         let _ = writeln!(s, "bind = \"{}\"\n", self.server.bind);
         s.push_str("[ports]\n# LwM2M server, CoAP over UDP (served by `run`).\n");
         let _ = writeln!(s, "lwm2m_coap = {}", p.lwm2m_coap);
-        s.push_str("# LwM2M server, CoAP over DTLS: reserved until DTLS lands (not bound yet).\n");
+        s.push_str("# LwM2M server, CoAP over DTLS, PSK or certificates (served by `run`).\n");
         let _ = writeln!(s, "lwm2m_coaps = {}", p.lwm2m_coaps);
         s.push_str("# Bootstrap + EST server, CoAP over UDP: reserved (not bound yet).\n");
         let _ = writeln!(s, "bootstrap_coap = {}", p.bootstrap_coap);
@@ -223,8 +233,8 @@ impl Config {
                 s,
                 "\n# Credentials for this device are in endpoints/{name}/.\n\
                  [endpoints.\"{name}\"]\n\
-                 # Management account mode: nosec, psk, certificate or est. Only nosec is\n\
-                 # served until DTLS lands.\n\
+                 # Management account mode: nosec, psk, certificate or est (what bootstrap\n\
+                 # will provision; registration is accepted in any of the first three).\n\
                  security_mode = \"{}\"",
                 ep.security_mode.as_str()
             );

@@ -9,16 +9,31 @@
 //! DIR/endpoints/NAME/psk-identity.txt PSK identity (exact bytes, no newline)
 //! DIR/endpoints/NAME/psk-key.hex      PSK key, 16 random bytes as hex (mode 0600)
 //! DIR/endpoints/NAME/README.txt       what each file is for, and what comes later
+//! DIR/endpoints/NAME/factory-cert.pem the device's certificate (issued by the factory CA)
+//! DIR/endpoints/NAME/factory-key.pem  its private key (mode 0600)
+//! DIR/endpoints/NAME/server-cert.pem  the server's DTLS certificate (pin it: usage 3)
+//! DIR/endpoints/NAME/trust-anchor.pem the root CA that issued it (usage 2)
+//! DIR/ca/root-ca-{cert,key}.pem       root CA: issues the server certificate (EST later)
+//! DIR/ca/factory-ca-{cert,key}.pem    factory CA: issues device certificates
+//! DIR/server-{cert,key}.pem           the server's DTLS certificate (SAN localhost,
+//!                                     127.0.0.1, ::1) and key
 //! ```
-//! Certificates (root CA, server certificate, factory credentials) join when DTLS and EST
-//! land; the READMEs name them already.
+//! The coaps listener accepts every endpoint's PSK (one key per identity) and client
+//! certificates that chain to the factory or root CA ([`load_secure_listener`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use estuary::crypto::{
+    Certificate, CertificateIssuer, CryptoError, Drbg, KeyPair, SecretBytes, TrustStore,
+};
+use estuary::time::UtcTime;
+
+use crate::coaps::SecureListenerConfig;
 use crate::config::{validate_endpoint_name, Config, ConfigError, CONFIG_FILE};
+use crate::pki::{self, TestPki};
 
 /// Bytes of a generated PSK key.
 pub const PSK_KEY_LEN: usize = 16;
@@ -26,6 +41,20 @@ pub const PSK_KEY_LEN: usize = 16;
 pub const PSK_IDENTITY_FILE: &str = "psk-identity.txt";
 pub const PSK_KEY_FILE: &str = "psk-key.hex";
 pub const README_FILE: &str = "README.txt";
+pub const FACTORY_CERT_FILE: &str = "factory-cert.pem";
+pub const FACTORY_KEY_FILE: &str = "factory-key.pem";
+pub const SERVER_CERT_FILE: &str = "server-cert.pem";
+pub const SERVER_KEY_FILE: &str = "server-key.pem";
+pub const TRUST_ANCHOR_FILE: &str = "trust-anchor.pem";
+pub const CA_DIR: &str = "ca";
+pub const ROOT_CA_CERT_FILE: &str = "root-ca-cert.pem";
+pub const ROOT_CA_KEY_FILE: &str = "root-ca-key.pem";
+pub const FACTORY_CA_CERT_FILE: &str = "factory-ca-cert.pem";
+pub const FACTORY_CA_KEY_FILE: &str = "factory-ca-key.pem";
+/// Subject of the factory CA.
+pub const FACTORY_CA_SUBJECT: &str = "CN=Estuary Test Factory CA,O=Estuary";
+/// Validity of everything `init` issues, from a day before `init` ran.
+const VALIDITY_DAYS: i64 = 10 * 365;
 
 /// Why `init` or loading a state directory failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +70,12 @@ pub enum InitError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("{what}: {source}")]
+    Crypto {
+        what: String,
+        #[source]
+        source: CryptoError,
     },
     #[error("{}: {source}", path.display())]
     Config {
@@ -101,12 +136,21 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     let dir = fs::canonicalize(dir).map_err(io_err(dir))?;
     let config_path = dir.join(CONFIG_FILE);
 
-    let config = Config::with_endpoints(&opts.endpoints);
+    let mut config = Config::with_endpoints(&opts.endpoints);
     let uri = lwm2m_uri(&config);
+    let mut rng = Drbg::from_os_entropy().map_err(crypto("seeding the random generator"))?;
+    let authorities = write_authorities(&dir, &mut rng)?;
     let mut endpoints = Vec::new();
     for name in &opts.endpoints {
         endpoints.push(write_endpoint(&dir, name, &uri)?);
+        write_endpoint_certificates(
+            &dir.join("endpoints").join(name),
+            name,
+            &authorities,
+            &mut rng,
+        )?;
     }
+    config.state_dir = Some(dir.clone());
     write_file(&dir.join(README_FILE), ROOT_README.as_bytes(), 0o644)?;
     // The config last and atomically: its presence means "initialised".
     let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
@@ -153,6 +197,198 @@ fn write_endpoint(dir: &Path, name: &str, lwm2m_uri: &str) -> Result<EndpointFil
     })
 }
 
+fn crypto(what: &str) -> impl FnOnce(CryptoError) -> InitError + '_ {
+    move |source| InitError::Crypto {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// The CAs and the server certificate of a state directory.
+pub struct Authorities {
+    pub pki: TestPki,
+    pub factory_ca: CertificateIssuer,
+}
+
+fn validity() -> (UtcTime, UtcTime) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    (
+        UtcTime::from_unix_seconds(now - 86_400),
+        UtcTime::from_unix_seconds(now + VALIDITY_DAYS * 86_400),
+    )
+}
+
+/// Creates the root CA, the factory CA and the server certificate, or keeps the ones a
+/// previous `init` made (so devices provisioned earlier stay valid).
+fn write_authorities(dir: &Path, rng: &mut Drbg) -> Result<Authorities, InitError> {
+    if let Ok(existing) = load_authorities(dir) {
+        return Ok(existing);
+    }
+    let (from, to) = validity();
+    let pki = TestPki::generate(rng, from, to).map_err(crypto("creating the root CA"))?;
+    let factory_key = KeyPair::generate(rng).map_err(crypto("creating the factory CA key"))?;
+    let factory_ca = CertificateIssuer::new_root_ca(factory_key, FACTORY_CA_SUBJECT, from, to, rng)
+        .map_err(crypto("creating the factory CA"))?;
+    let ca_dir = dir.join(CA_DIR);
+    fs::create_dir_all(&ca_dir).map_err(io_err(&ca_dir))?;
+    fs::set_permissions(&ca_dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&ca_dir))?;
+    let root = &pki.ca;
+    write_file(
+        &ca_dir.join(ROOT_CA_CERT_FILE),
+        root.certificate().to_pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &ca_dir.join(ROOT_CA_KEY_FILE),
+        root.key().to_pem().expose(),
+        0o600,
+    )?;
+    write_file(
+        &ca_dir.join(FACTORY_CA_CERT_FILE),
+        factory_ca.certificate().to_pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &ca_dir.join(FACTORY_CA_KEY_FILE),
+        factory_ca.key().to_pem().expose(),
+        0o600,
+    )?;
+    write_file(
+        &dir.join(SERVER_CERT_FILE),
+        pki.server_cert.to_pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &dir.join(SERVER_KEY_FILE),
+        pki.server_key.to_pem().expose(),
+        0o600,
+    )?;
+    Ok(Authorities { pki, factory_ca })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, InitError> {
+    fs::read(path).map_err(io_err(path))
+}
+
+fn read_cert(path: &Path) -> Result<Certificate, InitError> {
+    let bytes = read(path)?;
+    Certificate::from_pem(&bytes).map_err(crypto(&path.display().to_string()))
+}
+
+fn read_key(path: &Path) -> Result<KeyPair, InitError> {
+    let bytes = SecretBytes::new(read(path)?);
+    KeyPair::from_der_or_pem(bytes.expose()).map_err(crypto(&path.display().to_string()))
+}
+
+/// The CAs and server credentials of a state directory.
+pub fn load_authorities(dir: &Path) -> Result<Authorities, InitError> {
+    let ca_dir = dir.join(CA_DIR);
+    let issuer = |cert: &str, key: &str| -> Result<CertificateIssuer, InitError> {
+        CertificateIssuer::new(read_key(&ca_dir.join(key))?, read_cert(&ca_dir.join(cert))?)
+            .map_err(crypto(cert))
+    };
+    let root = issuer(ROOT_CA_CERT_FILE, ROOT_CA_KEY_FILE)?;
+    let factory_ca = issuer(FACTORY_CA_CERT_FILE, FACTORY_CA_KEY_FILE)?;
+    let server_cert = read_cert(&dir.join(SERVER_CERT_FILE))?;
+    let server_key = read_key(&dir.join(SERVER_KEY_FILE))?;
+    Ok(Authorities {
+        pki: TestPki::from_parts(root, server_cert, server_key),
+        factory_ca,
+    })
+}
+
+fn write_endpoint_certificates(
+    ep_dir: &Path,
+    name: &str,
+    auth: &Authorities,
+    rng: &mut Drbg,
+) -> Result<(), InitError> {
+    let (from, to) = validity();
+    let device = pki::issue(
+        &auth.factory_ca,
+        &format!("CN={name}"),
+        estuary::crypto::CertificateProfile::Client,
+        from,
+        to,
+        rng,
+    )
+    .map_err(crypto("issuing the device certificate"))?;
+    write_file(
+        &ep_dir.join(FACTORY_CERT_FILE),
+        device.cert.to_pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &ep_dir.join(FACTORY_KEY_FILE),
+        device.key.to_pem().expose(),
+        0o600,
+    )?;
+    write_file(
+        &ep_dir.join(SERVER_CERT_FILE),
+        auth.pki.server_cert.to_pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        &ep_dir.join(TRUST_ANCHOR_FILE),
+        auth.pki.ca.certificate().to_pem().as_bytes(),
+        0o644,
+    )
+}
+
+/// The coaps listener's credentials from a state directory: every endpoint folder's PSK,
+/// and the server certificate with the factory and root CAs for client certificates.
+/// `Ok(None)` for a directory without any credentials.
+pub fn load_secure_listener(dir: &Path) -> Result<Option<SecureListenerConfig>, InitError> {
+    let mut psk = Vec::new();
+    let eps = dir.join("endpoints");
+    if let Ok(entries) = fs::read_dir(&eps) {
+        for e in entries.flatten() {
+            let d = e.path();
+            let (id, key) = (d.join(PSK_IDENTITY_FILE), d.join(PSK_KEY_FILE));
+            if !id.exists() || !key.exists() {
+                continue;
+            }
+            let identity = read(&id)?;
+            let hex_key = String::from_utf8_lossy(&read(&key)?).trim().to_string();
+            let key_bytes = unhex(&hex_key).ok_or_else(|| {
+                InitError::BadEndpoint(format!("{}: not a hex key", key.display()))
+            })?;
+            psk.push((identity, SecretBytes::new(key_bytes)));
+        }
+    }
+    let certificate = match load_authorities(dir) {
+        Ok(a) => {
+            let mut cas = TrustStore::new();
+            cas.add(a.factory_ca.certificate().clone());
+            cas.add(a.pki.ca.certificate().clone());
+            Some((a.pki.server_chain(), a.pki.server_key.clone(), cas))
+        }
+        Err(_) if !dir.join(CA_DIR).exists() => None,
+        Err(e) => return Err(e),
+    };
+    if psk.is_empty() && certificate.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(SecureListenerConfig {
+        psk,
+        certificate,
+        timers: None,
+    }))
+}
+
+/// Bytes from hex text.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Writes a whole file with `mode`, also when it already exists with another mode.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), InitError> {
     let mut f = OpenOptions::new()
@@ -177,7 +413,9 @@ pub fn hex(b: &[u8]) -> String {
 pub fn load_config(dir: &Path) -> Result<Config, InitError> {
     let path = dir.join(CONFIG_FILE);
     let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-    Config::parse(&text).map_err(|source| InitError::Config { path, source })
+    let mut config = Config::parse(&text).map_err(|source| InitError::Config { path, source })?;
+    config.state_dir = Some(fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    Ok(config)
 }
 
 /// `bind` as the host part of a URI.
@@ -200,20 +438,20 @@ pub fn summary(r: &InitReport) -> String {
     let c = &r.config;
     let host = uri_host(c);
     let lwm2m_uri = lwm2m_uri(c);
+    let coaps_uri = format!("coaps://{host}:{}", c.ports.lwm2m_coaps);
     let mut s = format!(
         "state directory: {}\n\
          config:          {}\n\
          \n\
          LwM2M server:    {lwm2m_uri}   (served by `run`)\n\
+         LwM2M over DTLS: {coaps_uri}   (PSK or certificates; served by `run`)\n\
          control API:     http://{host}:{}\n\
          reserved for later issues (not served yet):\n\
-         \x20 coaps://{host}:{}   LwM2M over DTLS\n\
          \x20 coap://{host}:{}    bootstrap + EST\n\
          \x20 coaps://{host}:{}   bootstrap + EST-coaps over DTLS\n",
         r.dir.display(),
         r.config_path.display(),
         c.ports.control,
-        c.ports.lwm2m_coaps,
         c.ports.bootstrap_coap,
         c.ports.bootstrap_coaps,
     );
@@ -224,8 +462,12 @@ pub fn summary(r: &InitReport) -> String {
         s.push_str(&format!(
             "\nendpoint {name}: {dir}\n\
              \x20 {PSK_IDENTITY_FILE}  {id}\n\
-             \x20 {PSK_KEY_FILE}       {key}   (for PSK mode, once DTLS lands)\n\
-             \x20 run the device:   examples-c/01-basic -e {name} -u {lwm2m_uri}\n",
+             \x20 {PSK_KEY_FILE}       {key}\n\
+             \x20 NoSec:        examples-c/01-basic -e {name} -u {lwm2m_uri}\n\
+             \x20 PSK:          examples-c/01-basic -e {name} -u {coaps_uri} -i {id} -k {key}\n\
+             \x20 certificate:  examples-c/01-basic -e {name} -u {coaps_uri} \\\n\
+             \x20                 -C {d}/{FACTORY_CERT_FILE} -K {d}/{FACTORY_KEY_FILE} -S {d}/{SERVER_CERT_FILE}\n",
+            d = ep.dir.display(),
             name = ep.name,
             dir = ep.dir.display(),
             id = ep.psk_identity,
@@ -248,9 +490,10 @@ config.toml        where the server listens (bind address and ports) and one sec
                    device endpoint. `estuary-testserver run --dir THIS_DIR` reads it.
 endpoints/NAME/    everything device NAME needs; see the README.txt in each.
 
-Coming with later versions of the test server (DTLS, bootstrap, EST):
-ca/                the root CA that issues EST certificates, and the factory CA
-server-cert.pem    the server's certificate for DTLS
+ca/                the root CA (issues the server certificate, and EST certificates later)
+                   and the factory CA (issues device certificates); keys are mode 0600
+server-cert.pem    the server's DTLS certificate (subjectAltName localhost, 127.0.0.1, ::1)
+server-key.pem     its private key
 ";
 
 fn endpoint_readme(name: &str, lwm2m_uri: &str) -> String {
@@ -261,15 +504,14 @@ Credentials for device endpoint \"{name}\", made by `estuary-testserver init`.
 psk-identity.txt   PSK identity for PSK mode (exact bytes, no trailing newline).
 psk-key.hex        PSK key: {PSK_KEY_LEN} random bytes as hex. Secret (mode 0600).
                    Example: -i \"$(cat psk-identity.txt)\" -k \"$(cat psk-key.hex)\"
-                   (PSK mode is used once DTLS lands; NoSec works today:
-                    examples-c/01-basic -e {name} -u {lwm2m_uri})
+                   (NoSec: examples-c/01-basic -e {name} -u {lwm2m_uri})
+factory-cert.pem   the device's certificate (CN={name}, from the factory CA): Certificate
+factory-key.pem    mode's /0/x/3 and its private key /0/x/5 (secret, mode 0600)
+server-cert.pem    the LwM2M server's certificate: /0/x/4 with Certificate Usage 3
+trust-anchor.pem   the root CA that issued it: /0/x/4 with Certificate Usage 2
 
-Files that will appear here when DTLS and EST land:
-factory-cert.pem, factory-key.pem   the device's factory (IDevID) certificate and key, its
-                                    bootstrap credentials
-bootstrap-server-cert.pem           the bootstrap + EST server's certificate
-server-cert.pem                     the LwM2M server's certificate
-trust-anchor.pem                    the root CA that issues EST certificates
+Coming with bootstrap and EST: bootstrap-server-cert.pem, the bootstrap + EST server's
+certificate.
 "
     )
 }
@@ -320,6 +562,67 @@ mod tests {
             s.contains("examples-c/01-basic -e dev1 -u coap://127.0.0.1:5683"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn makes_certificates_that_openssl_verifies_and_the_listener_loads() {
+        let t = tmp();
+        let dir = t.path().join("state");
+        init(&InitOptions {
+            dir: dir.clone(),
+            endpoints: vec!["dev1".into()],
+            force: false,
+        })
+        .unwrap();
+        let ep = dir.join("endpoints/dev1");
+        for (key, mode) in [
+            (ep.join(FACTORY_KEY_FILE), 0o600),
+            (dir.join(SERVER_KEY_FILE), 0o600),
+            (dir.join(CA_DIR).join(ROOT_CA_KEY_FILE), 0o600),
+        ] {
+            let m = fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, mode, "{}", key.display());
+        }
+        let server = read_cert(&ep.join(SERVER_CERT_FILE)).unwrap();
+        assert!(server.matches_name("localhost") && server.matches_name("127.0.0.1"));
+        let device = read_cert(&ep.join(FACTORY_CERT_FILE)).unwrap();
+        assert_eq!(device.subject(), "CN=dev1");
+        assert!(device.matches_key(&read_key(&ep.join(FACTORY_KEY_FILE)).unwrap()));
+        // An independent verifier accepts what we issued.
+        let verify = |ca: &Path, cert: &Path| {
+            std::process::Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(ca)
+                .arg(cert)
+                .output()
+        };
+        if let Ok(out) = verify(&ep.join(TRUST_ANCHOR_FILE), &ep.join(SERVER_CERT_FILE)) {
+            assert!(out.status.success(), "{out:?}");
+            let factory_ca = dir.join(CA_DIR).join(FACTORY_CA_CERT_FILE);
+            let out = verify(&factory_ca, &ep.join(FACTORY_CERT_FILE)).unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let out = verify(&ep.join(TRUST_ANCHOR_FILE), &ep.join(FACTORY_CERT_FILE)).unwrap();
+            assert!(
+                !out.status.success(),
+                "the root CA must not vouch for device certificates"
+            );
+        }
+        let listener = load_secure_listener(&dir).unwrap().unwrap();
+        assert_eq!(listener.psk.len(), 1);
+        assert_eq!(listener.psk[0].0, b"dev1");
+        let (chain, _, cas) = listener.certificate.unwrap();
+        assert_eq!(chain[0], server);
+        assert_eq!(cas.len(), 2);
+
+        // A second init with --force keeps the CAs, so earlier devices stay valid.
+        init(&InitOptions {
+            dir: dir.clone(),
+            endpoints: vec!["dev2".into()],
+            force: true,
+        })
+        .unwrap();
+        assert_eq!(read_cert(&dir.join(SERVER_CERT_FILE)).unwrap(), server);
     }
 
     #[test]

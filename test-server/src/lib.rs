@@ -7,6 +7,7 @@
 
 pub mod bootstrap_server;
 pub mod cli;
+pub mod coaps;
 pub mod config;
 pub mod control;
 pub mod est_server;
@@ -14,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod init;
 pub mod lwm2m_server;
+pub mod pki;
 pub mod render;
 pub mod run;
 pub mod sim;

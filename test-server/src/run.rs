@@ -7,13 +7,16 @@
 //! so a request is picked up at once without polling. The binary (`main.rs`) is a thin
 //! wrapper around [`TestServer::start`]; integration tests use it in-process.
 //!
-//! Only the LwM2M CoAP port and the control API are served; the coaps and bootstrap/EST
-//! ports of `config.toml` are reserved for when DTLS, bootstrap and EST land.
+//! With credentials (a state directory's, or given in [`TestServerConfig::coaps`]) the LwM2M
+//! coaps port is served too: a reader thread hands its datagrams to the server thread through
+//! the same channel, and the [`SecureListener`] there keeps one DTLS session per peer in front
+//! of the plaintext server core. The bootstrap/EST ports are reserved for when they land.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,6 +27,7 @@ use estuary::time::{Instant, Now, UtcTime};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::coaps::{SecureEvent, SecureListener, SecureListenerConfig};
 use crate::config::Config;
 use crate::events::{rfc3339, EventKind, EventLog, EventRecord, DEFAULT_RING_CAPACITY};
 use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpResult, ServerEvent};
@@ -58,6 +62,9 @@ pub struct TestServerConfig {
     pub read_timeout: Duration,
     /// Seed of message IDs and tokens; `None` = from the OS.
     pub seed: Option<u64>,
+    /// LwM2M server over CoAP/DTLS (port 0 = ephemeral) and its credentials; `None` = no
+    /// coaps port.
+    pub coaps: Option<(SocketAddr, SecureListenerConfig)>,
 }
 
 impl Default for TestServerConfig {
@@ -73,16 +80,43 @@ impl Default for TestServerConfig {
             tx_params: TxParams::default(),
             read_timeout: DEFAULT_READ_TIMEOUT,
             seed: None,
+            coaps: None,
         }
     }
 }
 
 impl TestServerConfig {
-    /// The addresses of a state directory's `config.toml`.
+    /// The addresses of a state directory's `config.toml`, and the coaps listener with the
+    /// directory's credentials when it has any (a directory whose credentials cannot be read
+    /// is served without coaps, with a warning). With `lwm2m_coap = 0` and the default coaps
+    /// port, coaps also takes an ephemeral port ([`TestServerHandle::lwm2m_coaps_addr`]).
     pub fn from_config(cfg: &Config) -> Self {
+        let coaps = match cfg
+            .state_dir
+            .as_deref()
+            .map(crate::init::load_secure_listener)
+        {
+            Some(Ok(Some(listener))) => {
+                let mut addr = cfg.lwm2m_coaps_addr();
+                // An ephemeral coap port (tests, `run --lwm2m-port 0`) with the default coaps
+                // port: make coaps ephemeral too, so parallel servers do not collide on it.
+                if cfg.ports.lwm2m_coap == 0
+                    && cfg.ports.lwm2m_coaps == crate::config::DEFAULT_LWM2M_COAPS_PORT
+                {
+                    addr.set_port(0);
+                }
+                Some((addr, listener))
+            }
+            Some(Err(e)) => {
+                warn!("no coaps listener: the state directory's credentials: {e}");
+                None
+            }
+            _ => None,
+        };
         TestServerConfig {
             lwm2m_addr: cfg.lwm2m_coap_addr(),
             control_addr: Some(cfg.control_addr()),
+            coaps,
             ..TestServerConfig::default()
         }
     }
@@ -97,6 +131,14 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("binding the LwM2M coaps port {addr}: {source}")]
+    BindCoaps {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("setting up DTLS: {0}")]
+    Dtls(String),
     #[error("binding the control API on {addr}: {source}")]
     BindControl {
         addr: SocketAddr,
@@ -120,7 +162,7 @@ pub struct ClientInfo {
     /// Object links of the registration, e.g. ["/1/0", "/3/0"].
     pub object_links: Vec<String>,
     pub peer: String,
-    /// "nosec" until DTLS lands.
+    /// "nosec", "psk" or "certificate": how the peer authenticated.
     pub security_mode: String,
     /// RFC 3339.
     pub registered_at: String,
@@ -154,6 +196,8 @@ enum Command {
         accept: Option<u16>,
         reply: Sender<Result<OpResult, ReadError>>,
     },
+    /// A datagram the coaps reader thread received.
+    Coaps(SocketAddr, Vec<u8>),
     Stop,
 }
 
@@ -273,6 +317,8 @@ struct PendingRead {
 /// Everything the server thread owns.
 struct Lwm2mLoop {
     socket: UdpSocket,
+    /// The coaps socket (for sending; a reader thread receives) and its DTLS sessions.
+    coaps: Option<(UdpSocket, SecureListener)>,
     waker_addr: SocketAddr,
     server: Lwm2mServer,
     clock: Clock,
@@ -296,10 +342,20 @@ impl Lwm2mLoop {
             if self.server.poll_timeout().is_some_and(|t| t <= now.mono) {
                 self.server.handle_timeout(now);
             }
+            if let Some((_, secure)) = self.coaps.as_mut() {
+                if secure.poll_timeout().is_some_and(|t| t <= now.mono) {
+                    secure.handle_timeout(now);
+                }
+            }
             self.flush(now);
-            let wait = self
-                .server
-                .poll_timeout()
+            let next = [
+                self.server.poll_timeout(),
+                self.coaps.as_ref().and_then(|(_, s)| s.poll_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait = next
                 .map_or(MAX_IDLE_WAIT, |t| self.clock.until(t))
                 .clamp(Duration::from_millis(1), MAX_IDLE_WAIT);
             if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
@@ -329,7 +385,12 @@ impl Lwm2mLoop {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Clients(reply) => {
-                let list = self.server.registrations().map(client_info).collect();
+                let secure = self.coaps.as_ref().map(|(_, s)| s);
+                let list = self
+                    .server
+                    .registrations()
+                    .map(|r| client_info(r, secure))
+                    .collect();
                 let _ = reply.send(list);
             }
             Command::Read {
@@ -353,6 +414,15 @@ impl Lwm2mLoop {
                     }
                 }
             }
+            Command::Coaps(peer, data) => {
+                let now = self.clock.now();
+                if let Some((_, secure)) = self.coaps.as_mut() {
+                    for coap in secure.handle_datagram(now, peer, &data) {
+                        self.server.handle_datagram(now, peer, &coap);
+                    }
+                }
+                self.flush(now);
+            }
             Command::Stop => {}
         }
     }
@@ -360,9 +430,32 @@ impl Lwm2mLoop {
     /// Sends what the core queued and turns its events into log lines and replies.
     fn flush(&mut self, now: Now) {
         while let Some((peer, data)) = self.server.poll_transmit() {
+            if let Some((_, secure)) = self.coaps.as_mut().filter(|(_, s)| s.has_peer(peer)) {
+                secure.send(now, peer, &data);
+                continue;
+            }
             if let Err(e) = self.socket.send_to(&data, peer) {
                 // Retransmission covers a lost datagram.
                 debug!("send_to {peer}: {e}");
+            }
+        }
+        if let Some((socket, secure)) = self.coaps.as_mut() {
+            while let Some((peer, data)) = secure.poll_transmit() {
+                if let Err(e) = socket.send_to(&data, peer) {
+                    debug!("coaps send_to {peer}: {e}");
+                }
+            }
+            while let Some(ev) = secure.poll_event() {
+                match ev {
+                    SecureEvent::Established {
+                        peer,
+                        auth,
+                        cipher_suite,
+                    } => info!("coaps {peer}: DTLS established ({cipher_suite}) as {auth:?}"),
+                    SecureEvent::HandshakeFailed { peer, reason } => {
+                        warn!("coaps {peer}: DTLS handshake refused: {reason}")
+                    }
+                }
             }
         }
         while let Some(ev) = self.server.poll_event() {
@@ -415,7 +508,11 @@ impl Lwm2mLoop {
     }
 }
 
-fn client_info(r: &crate::lwm2m_server::Registration) -> ClientInfo {
+fn client_info(
+    r: &crate::lwm2m_server::Registration,
+    secure: Option<&SecureListener>,
+) -> ClientInfo {
+    let auth = secure.and_then(|s| s.peer_auth(r.peer));
     ClientInfo {
         endpoint: r.endpoint.clone(),
         location: r.location.clone(),
@@ -424,9 +521,36 @@ fn client_info(r: &crate::lwm2m_server::Registration) -> ClientInfo {
         binding: r.binding.clone(),
         object_links: r.objects.clone(),
         peer: r.peer.to_string(),
-        security_mode: "nosec".into(),
+        security_mode: auth.map_or("nosec", |a| a.mode()).into(),
         registered_at: rfc3339(r.registered_at),
         last_update: rfc3339(r.last_update),
+    }
+}
+
+/// Receives on the coaps socket and hands datagrams to the server thread, until `stop` is
+/// set or the server thread is gone.
+fn coaps_reader_loop(socket: UdpSocket, ctl: ServerCtl, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    if let Err(e) = socket.set_read_timeout(Some(MAX_IDLE_WAIT)) {
+        warn!("coaps socket timeout: {e}");
+    }
+    while !stop.load(Ordering::Acquire) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, src)) => {
+                if !ctl.send(Command::Coaps(src, buf[..n].to_vec())) {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                debug!("coaps recv_from: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -472,8 +596,35 @@ impl TestServer {
             ),
             None => None,
         };
+        // The coaps socket: a reader thread receives, the server thread sends and decrypts.
+        let mut coaps_addr = None;
+        let mut coaps_reader = None;
+        let coaps = match cfg.coaps {
+            Some((addr, listener_cfg)) => {
+                let sock = UdpSocket::bind(addr)
+                    .map_err(|source| StartError::BindCoaps { addr, source })?;
+                coaps_addr = Some(sock.local_addr()?);
+                let rng = match cfg.seed {
+                    Some(s) => estuary::crypto::Drbg::from_seed(s),
+                    None => estuary::crypto::Drbg::from_os_entropy()
+                        .map_err(|e| StartError::Dtls(e.to_string()))?,
+                };
+                let listener = SecureListener::new(listener_cfg, &rng)
+                    .map_err(|e| StartError::Dtls(e.to_string()))?;
+                let reader = sock.try_clone()?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let (ctl2, stop2) = (ctl.clone(), stop.clone());
+                let thread = std::thread::Builder::new()
+                    .name("coaps-reader".into())
+                    .spawn(move || coaps_reader_loop(reader, ctl2, stop2))?;
+                coaps_reader = Some((stop, thread));
+                Some((sock, listener))
+            }
+            None => None,
+        };
         let lp = Lwm2mLoop {
             socket,
+            coaps,
             waker_addr,
             server: Lwm2mServer::new(cfg.tx_params, seed),
             clock: Clock {
@@ -491,11 +642,14 @@ impl TestServer {
             None => (None, None),
         };
         info!(
-            "LwM2M server on coap://{lwm2m_addr}{}",
+            "LwM2M server on coap://{lwm2m_addr}{}{}",
+            coaps_addr.map_or(String::new(), |a| format!(" and coaps://{a}")),
             control_addr.map_or(String::new(), |a| format!(", control API on http://{a}"))
         );
         Ok(TestServerHandle {
             lwm2m_addr,
+            coaps_addr,
+            coaps_reader,
             control_addr,
             events,
             ctl,
@@ -508,6 +662,8 @@ impl TestServer {
 /// A running test server; stops when dropped.
 pub struct TestServerHandle {
     lwm2m_addr: SocketAddr,
+    coaps_addr: Option<SocketAddr>,
+    coaps_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control_addr: Option<SocketAddr>,
     events: Arc<EventLog>,
     ctl: ServerCtl,
@@ -524,6 +680,16 @@ impl TestServerHandle {
     /// The `coap://` URI devices register at.
     pub fn lwm2m_uri(&self) -> String {
         format!("coap://{}", self.lwm2m_addr)
+    }
+
+    /// Where the LwM2M coaps port listens, if it is served.
+    pub fn lwm2m_coaps_addr(&self) -> Option<SocketAddr> {
+        self.coaps_addr
+    }
+
+    /// The `coaps://` URI devices register at with PSK or certificates, if served.
+    pub fn lwm2m_coaps_uri(&self) -> Option<String> {
+        self.coaps_addr.map(|a| format!("coaps://{a}"))
     }
 
     /// Where the control API listens, if it runs.
@@ -579,6 +745,12 @@ impl TestServerHandle {
             self.ctl.send(Command::Stop);
             if t.join().is_err() {
                 warn!("the LwM2M server thread panicked");
+            }
+        }
+        if let Some((stop, t)) = self.coaps_reader.take() {
+            stop.store(true, Ordering::Release);
+            if t.join().is_err() {
+                warn!("the coaps reader thread panicked");
             }
         }
     }

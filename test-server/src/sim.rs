@@ -9,6 +9,10 @@
 //! capture of all traffic; filters with which a test drops, duplicates, delays or rewrites
 //! particular datagrams; and the events of both sides with the time they happened.
 //!
+//! A secure link ([`SimConfig::with_dtls`]) puts a [`SecureListener`] (the test server's
+//! coaps side) in front of the server and gives the client a PSK or Certificate account, so
+//! handshakes run on the virtual clock through the same faults.
+//!
 //! It owns no protocol behaviour: every byte on the wire comes from the client and server
 //! cores. It never reads a real clock or opens a socket, and its run loops always end by
 //! themselves: at their time limit, or at once when no timer is armed and nothing is in flight.
@@ -23,6 +27,7 @@ use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
 use estuary::{Client, ClientConfig, ConnectionId, Event};
 
+use crate::coaps::{SecureEvent, SecureListener, SecureListenerConfig};
 use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpResult, ServerEvent};
 
 /// 2026-01-01T00:00:00Z, where the virtual wall clock starts by default.
@@ -150,6 +155,11 @@ pub struct SimConfig {
     pub start: Now,
     /// Keep every datagram in [`Sim::capture`] (on by default).
     pub capture: bool,
+    /// The client's Security instance when not the NoSec default (PSK or Certificate mode:
+    /// its URI must be `coaps://` at `server_uri`'s address).
+    pub client_security: Option<SecurityInstance>,
+    /// Put the server behind DTLS with these credentials (a secure link).
+    pub server_dtls: Option<SecureListenerConfig>,
 }
 
 impl SimConfig {
@@ -168,7 +178,19 @@ impl SimConfig {
             downlink: LinkConfig::clean(),
             start: Now::new(SIM_EPOCH_MONO, SIM_EPOCH_UTC),
             capture: true,
+            client_security: None,
+            server_dtls: None,
         }
+    }
+
+    /// A secure link: the client uses `security` (its `server_uri` becomes the URI), the
+    /// server runs DTLS with `server` in front of the LwM2M server.
+    pub fn with_dtls(mut self, security: SecurityInstance, server: SecureListenerConfig) -> Self {
+        self.server_uri = security.server_uri.clone();
+        self.ssid = security.ssid.unwrap_or(self.ssid);
+        self.client_security = Some(security);
+        self.server_dtls = Some(server);
+        self
     }
 
     /// The same link in both directions.
@@ -307,6 +329,10 @@ pub struct Sim {
     start: Now,
     client: Client,
     server: Lwm2mServer,
+    /// The server's DTLS side, on a secure link.
+    secure: Option<SecureListener>,
+    secure_config: Option<SecureListenerConfig>,
+    secure_events: Vec<Timed<SecureEvent>>,
     endpoint_name: String,
     client_addr: SocketAddr,
     server_addr: SocketAddr,
@@ -362,8 +388,11 @@ impl Sim {
         let endpoint_name = cfg.client.endpoint_name.clone();
         let mut client = Client::new(cfg.client, Box::new(SeededRng::new(client_seed)))?;
         let dm = client.data_model_mut();
-        dm.security
-            .insert(0, SecurityInstance::nosec(&cfg.server_uri, cfg.ssid))?;
+        let security = cfg
+            .client_security
+            .clone()
+            .unwrap_or_else(|| SecurityInstance::nosec(&cfg.server_uri, cfg.ssid));
+        dm.security.insert(0, security)?;
         dm.server
             .insert(0, ServerInstance::new(cfg.ssid, cfg.lifetime))?;
         let link = |cfg: LinkConfig, seed: u64| Link {
@@ -376,6 +405,15 @@ impl Sim {
             start: cfg.start,
             client,
             server: Lwm2mServer::new(cfg.server_tx_params, server_seed),
+            secure_config: cfg.server_dtls.clone(),
+            secure: match cfg.server_dtls {
+                Some(dtls) => Some(
+                    SecureListener::new(dtls, &estuary::crypto::Drbg::from_seed(server_seed))
+                        .map_err(|e| estuary::Error::Config(format!("sim: server DTLS: {e}")))?,
+                ),
+                None => None,
+            },
+            secure_events: Vec::new(),
             endpoint_name,
             client_addr: cfg.client_addr,
             server_addr,
@@ -496,6 +534,25 @@ impl Sim {
 
     pub fn take_client_events(&mut self) -> Vec<Timed<Event>> {
         std::mem::take(&mut self.client_events)
+    }
+
+    /// What the server's DTLS side reported (secure links only).
+    pub fn secure_events(&self) -> &[Timed<SecureEvent>] {
+        &self.secure_events
+    }
+
+    /// Replaces the server's DTLS side with a fresh one (same credentials, new keys): every
+    /// DTLS session is forgotten, as when the server restarts.
+    pub fn restart_server_dtls(&mut self) {
+        if let Some(cfg) = self.secure_config.clone() {
+            let seed = self.server.random_u64();
+            self.secure = SecureListener::new(cfg, &estuary::crypto::Drbg::from_seed(seed)).ok();
+        }
+    }
+
+    /// The server's DTLS side, on a secure link.
+    pub fn secure_listener(&self) -> Option<&SecureListener> {
+        self.secure.as_ref()
     }
 
     pub fn take_server_events(&mut self) -> Vec<Timed<ServerEvent>> {
@@ -656,6 +713,7 @@ impl Sim {
         [
             self.client.poll_timeout(),
             self.server.poll_timeout(),
+            self.secure.as_ref().and_then(SecureListener::poll_timeout),
             self.in_flight.keys().next().map(|k| k.0),
         ]
         .into_iter()
@@ -708,6 +766,12 @@ impl Sim {
             self.server.handle_timeout(self.now);
             self.flush();
         }
+        if let Some(secure) = self.secure.as_mut() {
+            if secure.poll_timeout().is_some_and(|t| t <= now) {
+                secure.handle_timeout(self.now);
+                self.flush();
+            }
+        }
         true
     }
 
@@ -744,10 +808,17 @@ impl Sim {
 
     fn hand_over(&mut self, dir: Direction, data: &[u8]) {
         match dir {
-            Direction::ClientToServer => {
-                self.server
-                    .handle_datagram(self.now, self.client_addr, data)
-            }
+            Direction::ClientToServer => match self.secure.as_mut() {
+                Some(secure) => {
+                    for coap in secure.handle_datagram(self.now, self.client_addr, data) {
+                        self.server
+                            .handle_datagram(self.now, self.client_addr, &coap);
+                    }
+                }
+                None => self
+                    .server
+                    .handle_datagram(self.now, self.client_addr, data),
+            },
             Direction::ServerToClient => match self.server_conn() {
                 Some(conn) => self.client.handle_datagram(self.now, conn, data),
                 None => {
@@ -769,6 +840,20 @@ impl Sim {
             self.send_checked(Direction::ClientToServer, t.data, routable);
         }
         while let Some((peer, data)) = self.server.poll_transmit() {
+            match self.secure.as_mut() {
+                // Unencrypted CoAP never leaves a secure server; without a session the
+                // datagram is dropped (and logged) by the listener.
+                Some(secure) => {
+                    secure.send(self.now, peer, &data);
+                }
+                None => {
+                    let routable = peer == self.client_addr;
+                    self.send_checked(Direction::ServerToClient, data, routable);
+                }
+            }
+        }
+        while let Some((peer, data)) = self.secure.as_mut().and_then(SecureListener::poll_transmit)
+        {
             let routable = peer == self.client_addr;
             self.send_checked(Direction::ServerToClient, data, routable);
         }
@@ -778,6 +863,9 @@ impl Sim {
         }
         while let Some(event) = self.server.poll_event() {
             self.server_events.push(Timed { at, event });
+        }
+        while let Some(event) = self.secure.as_mut().and_then(SecureListener::poll_event) {
+            self.secure_events.push(Timed { at, event });
         }
     }
 

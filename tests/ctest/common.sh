@@ -31,8 +31,13 @@ set_lwm2m_port() {
     sed -i "s/^lwm2m_coap = .*/lwm2m_coap = $2/" "$1"
 }
 
-# start_testserver BIN WORKDIR ENDPOINT: init + run in the background; sets LWM2M_PORT and
-# CONTROL, and waits until the control API answers.
+# set_coaps_port CONFIG PORT: point the state directory's LwM2M coaps listener at PORT.
+set_coaps_port() {
+    sed -i "s/^lwm2m_coaps = .*/lwm2m_coaps = $2/" "$1"
+}
+
+# start_testserver BIN WORKDIR ENDPOINT: init + run in the background; sets LWM2M_PORT,
+# COAPS_PORT and CONTROL, and waits until the control API answers.
 start_testserver() {
     local bin=$1 ep=$3
     WORK=$2
@@ -42,6 +47,8 @@ start_testserver() {
     LWM2M_PORT=$(free_port)
     CONTROL="127.0.0.1:$(free_port)"
     set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
+    COAPS_PORT=$(free_port)
+    set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
     "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
     PIDS+=("$!")
     local i

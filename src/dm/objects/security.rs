@@ -53,6 +53,12 @@ pub struct SecurityInstance {
     pub ssid: Option<u16>,
     pub client_holdoff_time: Option<i64>,
     pub bootstrap_server_account_timeout: Option<i64>,
+    /// Server Name Indication (/0/x/14): the name the server certificate must carry and the
+    /// SNI sent; the URI host when absent.
+    pub server_name_indication: Option<String>,
+    /// Certificate Usage (/0/x/15, RFC 6698 values 0-3): how /0/x/4 constrains the server
+    /// certificate; 3 (domain-issued certificate) when absent.
+    pub certificate_usage: Option<u8>,
 }
 
 impl SecurityInstance {
@@ -68,6 +74,36 @@ impl SecurityInstance {
             ssid: Some(ssid),
             client_holdoff_time: None,
             bootstrap_server_account_timeout: None,
+            server_name_indication: None,
+            certificate_usage: None,
+        }
+    }
+
+    /// A PSK management-server account (mode 0).
+    pub fn psk(uri: &str, ssid: u16, identity: &[u8], key: &[u8]) -> Self {
+        SecurityInstance {
+            security_mode: SecurityMode::Psk,
+            public_cert_or_psk_identity: identity.to_vec(),
+            private_cert_or_psk_key: key.to_vec(),
+            ..SecurityInstance::nosec(uri, ssid)
+        }
+    }
+
+    /// A Certificate management-server account (mode 2): our certificate and private key
+    /// (DER or PEM) and the server's certificate or trust anchor, per `certificate_usage`.
+    pub fn certificate(
+        uri: &str,
+        ssid: u16,
+        own_cert: &[u8],
+        own_key: &[u8],
+        server_cert: &[u8],
+    ) -> Self {
+        SecurityInstance {
+            security_mode: SecurityMode::Certificate,
+            public_cert_or_psk_identity: own_cert.to_vec(),
+            private_cert_or_psk_key: own_key.to_vec(),
+            server_public_key: server_cert.to_vec(),
+            ..SecurityInstance::nosec(uri, ssid)
         }
     }
 
@@ -75,6 +111,11 @@ impl SecurityInstance {
         if crate::lwm2m::uri::ServerUri::parse(&self.server_uri).is_err() {
             return Err(InstanceError::Invalid(
                 "server URI is not a coap:// or coaps:// URI",
+            ));
+        }
+        if self.certificate_usage.is_some_and(|u| u > 3) {
+            return Err(InstanceError::Invalid(
+                "Certificate Usage (/0/x/15) must be 0 to 3",
             ));
         }
         if !self.bootstrap_server && self.ssid.is_none_or(|s| s == 0 || s == u16::MAX) {
@@ -96,6 +137,8 @@ const RESOURCES: &[ResourceDef] = &[
     ResourceDef::single(10, K::Integer, Op::ReadWrite),
     ResourceDef::single(11, K::Integer, Op::ReadWrite),
     ResourceDef::single(12, K::Integer, Op::ReadWrite),
+    ResourceDef::single(14, K::String, Op::ReadWrite),
+    ResourceDef::single(15, K::Integer, Op::ReadWrite),
 ];
 
 /// The Security object.
@@ -180,6 +223,8 @@ impl Object for SecurityObject {
                 10 => inst.ssid.is_some(),
                 11 => inst.client_holdoff_time.is_some(),
                 12 => inst.bootstrap_server_account_timeout.is_some(),
+                14 => inst.server_name_indication.is_some(),
+                15 => inst.certificate_usage.is_some(),
                 _ => true,
             })
             .collect())
@@ -200,6 +245,8 @@ impl Object for SecurityObject {
                 i.bootstrap_server_account_timeout
                     .ok_or(DmError::NotFound)?,
             ),
+            14 => Value::String(i.server_name_indication.clone().ok_or(DmError::NotFound)?),
+            15 => Value::Integer(i64::from(i.certificate_usage.ok_or(DmError::NotFound)?)),
             _ => return Err(DmError::NotFound),
         };
         Ok(ResourceValue::Single(v))
