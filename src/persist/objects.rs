@@ -35,6 +35,10 @@ pub fn security_persist(obj: &SecurityObject) -> Result<Vec<u8>, PersistError> {
             res.extend(opt(10, i.ssid.map(i64::from)));
             res.extend(opt(11, i.client_holdoff_time));
             res.extend(opt(12, i.bootstrap_server_account_timeout));
+            if let Some(sni) = &i.server_name_indication {
+                res.push((14, Value::Text(sni.clone())));
+            }
+            res.extend(opt(15, i.certificate_usage.map(i64::from)));
             Value::Array(vec![Value::from(iid), cbor::map(res)])
         })
         .collect();
@@ -90,6 +94,17 @@ pub fn security_restore(input: &[u8]) -> Result<(SecurityObject, usize), Persist
             ssid,
             client_holdoff_time: f.opt_int(11)?,
             bootstrap_server_account_timeout: f.opt_int(12)?,
+            server_name_indication: match f.get(14) {
+                Some(_) => Some(f.text(14)?),
+                None => None,
+            },
+            certificate_usage: match f.opt_int(15)? {
+                Some(u) => Some(
+                    u8::try_from(u)
+                        .map_err(|_| PersistError::malformed("certificate usage out of range"))?,
+                ),
+                None => None,
+            },
         };
         obj.insert(iid, inst)
             .map_err(|e| PersistError::malformed(format!("/0/{iid}: {e}")))?;
@@ -158,6 +173,8 @@ mod tests {
         let mut m = SecurityInstance::nosec("coaps://127.0.0.1:5684", 7);
         m.security_mode = SecurityMode::CertificateWithEst;
         m.server_public_key = vec![1, 2, 3];
+        m.server_name_indication = Some("mgmt.example".into());
+        m.certificate_usage = Some(2);
         o.insert(4, m).unwrap();
         o
     }
