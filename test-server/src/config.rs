@@ -17,9 +17,8 @@
 //! security_mode = "nosec"
 //! ```
 //!
-//! `lwm2m_coap`, `lwm2m_coaps` (when the state directory holds credentials) and `control` are
-//! served; the bootstrap/EST ports are reserved so configurations written today stay valid
-//! when bootstrap and EST land.
+//! Every port is served; the coaps ports when the state directory holds credentials.
+//! Each `[endpoints.NAME]` section says what bootstrap provisions for that device.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -91,9 +90,9 @@ pub struct Ports {
     pub lwm2m_coap: u16,
     /// LwM2M server over CoAP/DTLS. Served when the state directory has credentials.
     pub lwm2m_coaps: u16,
-    /// Bootstrap + EST server over CoAP/UDP. Reserved until bootstrap lands; not bound.
+    /// Bootstrap + EST server over CoAP/UDP.
     pub bootstrap_coap: u16,
-    /// Bootstrap + EST-coaps over DTLS. Reserved until EST lands; not bound.
+    /// Bootstrap + EST-coaps over DTLS (with the state directory's credentials).
     pub bootstrap_coaps: u16,
     /// HTTP control API (TCP). Served; `run --control` overrides it.
     pub control: u16,
@@ -134,13 +133,37 @@ impl SecurityModeName {
 }
 
 /// One device's section. Its credentials live in `endpoints/NAME/` next to the config.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// The management account bootstrap will provision (once bootstrap lands). Registration
-    /// is accepted on coap (NoSec) and on coaps (PSK or certificate) whatever this says.
+    /// The management account bootstrap provisions. Registration is accepted on coap
+    /// (NoSec) and on coaps (PSK or certificate) whatever this says.
     #[serde(default)]
     pub security_mode: SecurityModeName,
+    /// Short Server ID of the provisioned management account.
+    #[serde(default = "default_ssid")]
+    pub ssid: u16,
+    /// Registration lifetime (seconds) written into the provisioned Server instance.
+    #[serde(default = "default_lifetime")]
+    pub lifetime: u32,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            security_mode: SecurityModeName::default(),
+            ssid: default_ssid(),
+            lifetime: default_lifetime(),
+        }
+    }
+}
+
+fn default_ssid() -> u16 {
+    1
+}
+
+fn default_lifetime() -> u32 {
+    300
 }
 
 impl Config {
@@ -165,8 +188,18 @@ impl Config {
     /// Checks what serde cannot: endpoint names usable as directory names and as `ep=`, and
     /// no port used twice.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for name in self.endpoints.keys() {
+        for (name, ep) in &self.endpoints {
             validate_endpoint_name(name).map_err(ConfigError::Invalid)?;
+            if ep.ssid == 0 || ep.ssid == u16::MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoints.{name}.ssid must be in 1..=65534"
+                )));
+            }
+            if ep.lifetime == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoints.{name}.lifetime must be positive"
+                )));
+            }
         }
         let p = &self.ports;
         let named = [
@@ -199,6 +232,16 @@ impl Config {
         SocketAddr::new(self.server.bind, self.ports.lwm2m_coaps)
     }
 
+    /// The bootstrap (+ EST) CoAP address to bind.
+    pub fn bootstrap_coap_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.server.bind, self.ports.bootstrap_coap)
+    }
+
+    /// The bootstrap + EST-coaps address to bind.
+    pub fn bootstrap_coaps_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.server.bind, self.ports.bootstrap_coaps)
+    }
+
     /// The control API address to bind.
     pub fn control_addr(&self) -> SocketAddr {
         SocketAddr::new(self.server.bind, self.ports.control)
@@ -220,9 +263,9 @@ impl Config {
         let _ = writeln!(s, "lwm2m_coap = {}", p.lwm2m_coap);
         s.push_str("# LwM2M server, CoAP over DTLS, PSK or certificates (served by `run`).\n");
         let _ = writeln!(s, "lwm2m_coaps = {}", p.lwm2m_coaps);
-        s.push_str("# Bootstrap + EST server, CoAP over UDP: reserved (not bound yet).\n");
+        s.push_str("# Bootstrap + EST server, CoAP over UDP (served by `run`).\n");
         let _ = writeln!(s, "bootstrap_coap = {}", p.bootstrap_coap);
-        s.push_str("# Bootstrap + EST-coaps server over DTLS: reserved (not bound yet).\n");
+        s.push_str("# Bootstrap + EST-coaps server over DTLS (served by `run`).\n");
         let _ = writeln!(s, "bootstrap_coaps = {}", p.bootstrap_coaps);
         s.push_str("# HTTP control API (TCP); `run --control ADDR` overrides it.\n");
         let _ = writeln!(s, "control = {}", p.control);
@@ -233,10 +276,15 @@ impl Config {
                 s,
                 "\n# Credentials for this device are in endpoints/{name}/.\n\
                  [endpoints.\"{name}\"]\n\
-                 # Management account mode: nosec, psk, certificate or est (what bootstrap\n\
-                 # will provision; registration is accepted in any of the first three).\n\
-                 security_mode = \"{}\"",
-                ep.security_mode.as_str()
+                 # Management account bootstrap provisions: nosec, psk, certificate or est\n\
+                 # (registration is accepted in any mode whatever this says).\n\
+                 security_mode = \"{}\"\n\
+                 # Short Server ID and registration lifetime (seconds) of that account.\n\
+                 ssid = {}\n\
+                 lifetime = {}",
+                ep.security_mode.as_str(),
+                ep.ssid,
+                ep.lifetime
             );
         }
         s
@@ -285,6 +333,8 @@ mod tests {
         let mut c = Config::with_endpoints(&["dev1", "sensor-2"]);
         c.ports.lwm2m_coap = 0;
         c.endpoints.get_mut("sensor-2").unwrap().security_mode = SecurityModeName::Est;
+        c.endpoints.get_mut("sensor-2").unwrap().ssid = 9;
+        c.endpoints.get_mut("dev1").unwrap().lifetime = 60;
         let text = c.to_commented_toml();
         assert!(text.contains("[endpoints.\"dev1\"]"), "{text}");
         assert!(text.contains("\nlwm2m_coap = 0\n"), "{text}");
@@ -316,6 +366,8 @@ mod tests {
                 "unknown variant",
             ),
             ("not toml at all", ""),
+            ("[endpoints.dev1]\nssid = 0\n", "ssid"),
+            ("[endpoints.dev1]\nlifetime = 0\n", "lifetime"),
         ] {
             let e = Config::parse(text).expect_err(text).to_string();
             assert!(e.contains(needle), "{text:?} gave {e:?}");

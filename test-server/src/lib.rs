@@ -16,6 +16,7 @@ pub mod http;
 pub mod init;
 pub mod lwm2m_server;
 pub mod pki;
+pub mod provision;
 pub mod render;
 pub mod run;
 pub mod sim;
