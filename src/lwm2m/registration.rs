@@ -253,6 +253,8 @@ impl ServerSession {
         match ev {
             EndpointEvent::Request(r) => (None, Some(r)),
             EndpointEvent::Delivered { .. } => (None, None),
+            // The client never observes; nothing to route (C4 added the variant).
+            EndpointEvent::Notification { .. } => (None, None),
             EndpointEvent::Response { handle, packet } => {
                 (self.on_response(now, handle, &packet), None)
             }

@@ -293,6 +293,8 @@ impl Lwm2mServer {
                     }
                 }
                 EndpointEvent::Delivered { .. } => {}
+                // Placeholder until C3's notification routing merges (C4 added the variant).
+                EndpointEvent::Notification { .. } => {}
             }
         }
     }
