@@ -3,6 +3,7 @@
 //!
 //! Pure data and logic: no transport, no time.
 
+pub mod content;
 pub mod link;
 pub mod object;
 pub mod objects;
