@@ -13,7 +13,9 @@
 //! (and a log line) instead of panicking.
 
 pub mod base64;
+pub mod lwm2m_cbor;
 pub mod plain;
+pub mod senml;
 pub mod tlv;
 
 use super::object::DmError;
@@ -47,6 +49,9 @@ pub fn encode(cf: u16, base: &Path, entries: &[Entry]) -> Result<Vec<u8>, DmErro
         cf::TEXT_PLAIN => plain::encode_text(base, entries),
         cf::OCTET_STREAM => plain::encode_opaque(base, entries),
         cf::LWM2M_TLV => tlv::encode(base, entries),
+        cf::SENML_JSON => senml::encode_json(base, entries),
+        cf::SENML_CBOR => senml::encode_cbor(base, entries),
+        cf::LWM2M_CBOR => lwm2m_cbor::encode(base, entries),
         _ => Err(DmError::UnsupportedContentFormat),
     }
 }
@@ -64,6 +69,9 @@ pub fn decode(
         cf::TEXT_PLAIN => plain::decode_text(base, payload, kind_of),
         cf::OCTET_STREAM => plain::decode_opaque(base, payload, kind_of),
         cf::LWM2M_TLV => tlv::decode(base, payload, kind_of),
+        cf::SENML_JSON => senml::decode_json(base, payload, kind_of),
+        cf::SENML_CBOR => senml::decode_cbor(base, payload, kind_of),
+        cf::LWM2M_CBOR => lwm2m_cbor::decode(base, payload, kind_of),
         _ => Err(DmError::UnsupportedContentFormat),
     }?;
     // Whatever the format says, a payload may only carry values at or below the request path.
@@ -233,7 +241,12 @@ mod tests {
     #[test]
     fn entries_outside_the_base_are_refused() {
         let e = [Entry::new(Path::resource(3, 0, 1), Value::Integer(1))];
-        for f in [cf::LWM2M_TLV, cf::TEXT_PLAIN] {
+        for f in [
+            cf::LWM2M_TLV,
+            cf::TEXT_PLAIN,
+            cf::SENML_JSON,
+            cf::SENML_CBOR,
+        ] {
             assert_eq!(
                 encode(f, &Path::resource(3, 0, 0), &e),
                 Err(DmError::BadRequest)
