@@ -349,6 +349,7 @@ impl Lwm2mLoop {
                             OpError::UnknownEndpoint(ep) => ReadError::UnknownEndpoint(ep),
                             OpError::BadPath(p) => ReadError::BadPath(p),
                             OpError::Send(s) => ReadError::Send(s),
+                            other => ReadError::Send(other.to_string()),
                         }));
                     }
                 }
@@ -409,6 +410,8 @@ impl Lwm2mLoop {
                         error,
                     }
                 }
+                // Forwarded to the event log by the control API (helper "ts").
+                ServerEvent::Notification { .. } => continue,
             };
             self.events.record(now.utc, kind);
         }
