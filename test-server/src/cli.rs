@@ -158,12 +158,16 @@ pub enum Command {
         #[command(flatten)]
         common: OpArgs,
     },
-    /// Observe PATH: prints the first value; notifications appear in `events`.
+    /// Observe PATH: prints the first value; notifications appear in `events`, or here with
+    /// --follow.
     Observe {
         ep: String,
         path: String,
         #[arg(long)]
         format: Option<String>,
+        /// Print the notifications (JSON lines) for this many seconds, then cancel.
+        #[arg(long, value_name = "SECONDS")]
+        follow: Option<u64>,
         #[command(flatten)]
         common: OpArgs,
     },
@@ -457,6 +461,7 @@ pub fn api_call(cmd: &Command) -> Result<(ApiCall, &OpArgs), String> {
             path,
             format,
             common,
+            ..
         } => {
             fmt(&mut query, format);
             (
@@ -495,6 +500,15 @@ pub fn api_call(cmd: &Command) -> Result<(ApiCall, &OpArgs), String> {
 
 fn operation(cmd: Command) -> Result<(), String> {
     let (call, common) = api_call(&cmd)?;
+    let follow = match &cmd {
+        Command::Observe {
+            ep,
+            path,
+            follow: Some(secs),
+            ..
+        } => Some((ep.clone(), lwm2m_path(path), Duration::from_secs(*secs))),
+        _ => None,
+    };
     let wait = common
         .timeout
         .map_or(DEFAULT_READ_TIMEOUT, Duration::from_secs)
@@ -521,6 +535,55 @@ fn operation(cmd: Command) -> Result<(), String> {
         println!("op={op} {}", a.code);
     }
     print_answer(&a, common.output(), true);
+    if let Some((ep, path, secs)) = follow {
+        follow_notifications(&common.control, &ep, &path, secs)?;
+        let cancel = Command::CancelObserve {
+            ep,
+            path,
+            common: OpArgs {
+                control: common.control.clone(),
+                json: true,
+                lines: false,
+                timeout: None,
+            },
+        };
+        operation(cancel)?;
+    }
+    Ok(())
+}
+
+/// How often `observe --follow` looks at the event log.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Prints the notification events of `ep` and `path` that appear within `secs`.
+fn follow_notifications(control: &str, ep: &str, path: &str, secs: Duration) -> Result<(), String> {
+    let end = std::time::Instant::now() + secs;
+    // Events already in the ring are from before this observation.
+    let mut seen: std::collections::HashSet<String> =
+        http::get(control, "/api/events", Duration::from_secs(10))
+            .map_err(|e| e.to_string())?
+            .body
+            .lines()
+            .map(str::to_string)
+            .collect();
+    while std::time::Instant::now() < end {
+        std::thread::sleep(
+            FOLLOW_POLL.min(end.saturating_duration_since(std::time::Instant::now())),
+        );
+        let r = http::get(control, "/api/events", Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        for line in r.body.lines() {
+            if !seen.insert(line.to_string()) {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Json>(line) else {
+                continue;
+            };
+            if v["event"] == "notification" && v["endpoint"] == ep && v["path"] == path {
+                println!("{line}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -944,6 +1007,8 @@ mod tests {
             (c.method, c.target.as_str()),
             ("POST", "/api/clients/d/3/0/9/observe?format=tlv")
         );
+        let c = call(&["observe", "d", "3/0/9", "--follow", "5"]);
+        assert_eq!(c.target, "/api/clients/d/3/0/9/observe");
         let c = call(&["cancel-observe", "d", "/3/0/9"]);
         assert_eq!(
             (c.method, c.target.as_str()),
