@@ -520,7 +520,9 @@ impl Lwm2mLoop {
                     let Some(p) = self.requests.remove(&op) else {
                         continue;
                     };
-                    if p.observe && result.as_ref().is_ok_and(|r| r.code.starts_with("2.")) {
+                    // Only an observation the client accepted (the core decides: 2.05 with an
+                    // Observe option) is remembered for events and cancelling.
+                    if p.observe && self.server.observations().iter().any(|(o, _)| *o == op) {
                         self.observations.insert(op, (p.ep.clone(), p.path.clone()));
                     }
                     let (code, error) = match &result {
