@@ -4,6 +4,7 @@
 //! Pure data and logic: no transport, no time.
 
 pub mod codec;
+pub mod content;
 pub mod link;
 pub mod object;
 pub mod objects;
