@@ -329,6 +329,7 @@ impl Client {
     fn drive(&mut self, now: Now) {
         self.apply_server_actions(now);
         let links = link::registration_payload(&self.dm);
+        let mut handled_requests = false;
         for i in 0..self.sessions.len() {
             let ssid = self.sessions[i].ssid;
             let params = self.registration_params(ssid, &links);
@@ -345,6 +346,7 @@ impl Client {
                 };
                 let (sev, req) = self.sessions[i].on_endpoint_event(now.mono, ev);
                 if let Some(req) = req {
+                    handled_requests = true;
                     let resp = self.handle_request(now, ssid, &req);
                     self.sessions[i].endpoint.respond(now.mono, &req, resp);
                 }
@@ -378,6 +380,16 @@ impl Client {
         }
         // Executes above (Disable, Update Trigger) act at once, after their responses.
         self.apply_server_actions(now);
+        // A Write or Create may have changed what the servers must know (lifetime, binding,
+        // object list): Update now rather than at the next timer.
+        if handled_requests && !self.shutting_down {
+            let links = link::registration_payload(&self.dm);
+            for i in 0..self.sessions.len() {
+                if let Some(params) = self.registration_params(self.sessions[i].ssid, &links) {
+                    self.sessions[i].on_timeout(now.mono, &params);
+                }
+            }
+        }
         if self.dm.device.take_reboot_request() {
             self.events.push_back(Event::RebootRequested);
         }
@@ -421,6 +433,11 @@ impl Client {
     pub fn notify_changed(&mut self, now: Now, path: &Path) {
         self.mark_changed(path);
         self.drive(now);
+    }
+
+    /// Sends later notifications as confirmable (true) or non-confirmable messages.
+    pub fn set_confirmable_notifications(&mut self, confirmable: bool) {
+        self.cfg.confirmable_notifications = confirmable;
     }
 
     /// Number of observations `ssid` holds on this client.

@@ -2,8 +2,9 @@
 //! text/plain, opaque or TLV into path/value entries under the request path. Read-side
 //! encoding stays in [`super::ops`].
 //!
-//! The full codec set (SenML, LwM2M CBOR) is `super::content`'s (contract C1); this module
-//! covers the formats of [`super::tlv`] so the operations do not wait on it.
+//! SenML JSON/CBOR and LwM2M CBOR go to `super::content` (contract C1); text, opaque and
+//! TLV are decoded here, where a TLV object-instance wrapper also names the instance ID
+//! that Create needs.
 
 use super::object::DmError;
 use super::tlv::{self, Tlv, TlvBody, TlvType};
@@ -52,6 +53,15 @@ pub fn decode(
             let mut out = Vec::new();
             tlv_entries(base, &items, kind_of, &mut out)?;
             Ok(out)
+        }
+        cf::SENML_JSON | cf::SENML_CBOR | cf::LWM2M_CBOR => {
+            Ok(super::content::decode(format, base, payload, kind_of)?
+                .into_iter()
+                .map(|e| Entry {
+                    path: e.path,
+                    value: e.value,
+                })
+                .collect())
         }
         _ => Err(DmError::UnsupportedContentFormat),
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::codec::{self, Entry};
+use super::content;
 use super::object::{DmError, Object, ResourceDef, ResourceValue};
 use super::tlv::{self, Tlv, TlvType};
 use super::value::{Value, ValueKind};
@@ -58,6 +59,10 @@ pub fn read(
     check_access(path, who)?;
     let o = path.oid().ok_or(DmError::MethodNotAllowed)?;
     let obj = dm.object(o).ok_or(DmError::NotFound)?;
+    if let Some(f @ (cf::SENML_JSON | cf::SENML_CBOR | cf::LWM2M_CBOR)) = accept {
+        let entries = read_entries(dm, path)?;
+        return Ok((f, content::encode(f, path, &entries)?));
+    }
     match (path.iid(), path.rid(), path.riid()) {
         (None, _, _) => {
             let mut items = Vec::new();
@@ -108,6 +113,51 @@ pub fn read(
             }
         }
     }
+}
+
+/// Every readable value at or below `path`, as entries for the `content` codecs.
+fn read_entries(dm: &DataModel, path: &Path) -> Result<Vec<content::Entry>, DmError> {
+    let o = path.oid().ok_or(DmError::MethodNotAllowed)?;
+    let obj = dm.object(o).ok_or(DmError::NotFound)?;
+    let instances = obj.instances();
+    let iids = match path.iid() {
+        None => instances,
+        Some(i) if instances.contains(&i) => vec![i],
+        Some(_) => return Err(DmError::NotFound),
+    };
+    let mut out = Vec::new();
+    for i in iids {
+        let data = match path.rid() {
+            None => read_instance(dm, o, i)?,
+            Some(r) => {
+                let def = find_def(obj, i, r)?;
+                if !def.ops.readable() {
+                    return Err(DmError::MethodNotAllowed);
+                }
+                vec![(r, def.multiple, obj.read(i, r)?)]
+            }
+        };
+        for (r, _, v) in data {
+            match v {
+                ResourceValue::Single(value) => out.push(content::Entry {
+                    path: Path::resource(o, i, r),
+                    value,
+                }),
+                ResourceValue::Multiple(vs) => {
+                    for (ri, value) in vs {
+                        let p = Path::resource_instance(o, i, r, ri);
+                        if path.contains(&p) {
+                            out.push(content::Entry { path: p, value });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if path.riid().is_some() && out.is_empty() {
+        return Err(DmError::NotFound);
+    }
+    Ok(out)
 }
 
 fn multiple_tlv(rid: u16, vs: &[(u16, Value)]) -> Tlv {
