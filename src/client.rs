@@ -411,9 +411,10 @@ impl Client {
             .or_insert_with(|| ServerDm::new(ssid));
         let handled = state.handle_request(dm, now.mono, req);
         if let Some(gone) = handled.deleted {
+            // Observers of the instance hear 4.04 in their next notification, which ends them.
             for s in self.server_dm.values_mut() {
                 s.attributes.remove_under(&gone);
-                s.observe.cancel_under(&gone);
+                s.observe.mark_changed(&gone);
             }
         }
         for p in &handled.changed {
