@@ -1,9 +1,8 @@
 //! The control API's LwM2M operations against a real `estuary::Client` over loopback UDP:
 //! Read in each format the client offers, Execute (Reboot reaches the client as an event),
-//! the client's own error codes passed through as HTTP 200, and the API's 400/404/504.
-//! Operations the client does not implement yet (Write, Create, Delete, Discover,
-//! Write-Attributes, Observe with notifications) are covered by the routing and payload
-//! unit tests in `control.rs` only. Bounded to ~25 s.
+//! the client's own error codes passed through as HTTP 200, and the API's 400/404/405/504.
+//! Write, Create, Delete, Discover, Write-Attributes and Observe are in `control_dm.rs`.
+//! Bounded to ~25 s.
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! Values: text (string, core link, object link as "OID:IID"), integers, floats, booleans,
 //! byte strings for opaque, and time as tag 1 over an integer.
 
+use std::collections::BTreeSet;
+
 use ciborium::value::Value as Cbor;
 
 use super::senml::parse_cbor;
@@ -126,6 +128,7 @@ fn walk(
     prefix: &[u16],
     kind_of: &dyn Fn(&Path) -> Option<ValueKind>,
     out: &mut Vec<Entry>,
+    seen: &mut BTreeSet<Path>,
 ) -> Result<(), DmError> {
     if map.is_empty() {
         return Err(bad(format_args!("LwM2M CBOR: empty map")));
@@ -146,14 +149,14 @@ fn walk(
             )));
         }
         match v {
-            Cbor::Map(m) => walk(m, &ids, kind_of, out)?,
+            Cbor::Map(m) => walk(m, &ids, kind_of, out, seen)?,
             leaf => {
                 let path = match ids[..] {
                     [o, i, r] => Path::resource(o, i, r),
                     [o, i, r, ri] => Path::resource_instance(o, i, r, ri),
                     _ => return Err(bad(format_args!("LwM2M CBOR: value above a resource"))),
                 };
-                if out.iter().any(|e| e.path == path) {
+                if !seen.insert(path) {
                     return Err(bad(format_args!("LwM2M CBOR: {path} given twice")));
                 }
                 let kind = kind_of(&path).or_else(|| {
@@ -176,7 +179,7 @@ pub fn decode(
         return Err(bad(format_args!("LwM2M CBOR is not a map")));
     };
     let mut out = Vec::new();
-    walk(m, &[], kind_of, &mut out)?;
+    walk(m, &[], kind_of, &mut out, &mut BTreeSet::new())?;
     Ok(out)
 }
 
@@ -240,6 +243,10 @@ mod tests {
             &[0xA1, 0x84, 0, 0, 0, 0, 0xA1, 0x00, 0x01], // five levels
             &[0xA1, 0x83, 3, 0, 0, 0xC6, 0x41, 0x00],    // unknown tag
             &[0xA1, 0x83, 3, 0, 0, 0x01, 0x00],          // trailing byte
+            // /3/0/0 twice, once through an array key.
+            &[
+                0xA2, 0x83, 3, 0, 0, 0x01, 0x03, 0xA1, 0x00, 0xA1, 0x00, 0x02,
+            ],
         ];
         for c in cases {
             assert_eq!(

@@ -107,6 +107,8 @@ fn entries_of(
 ) -> Result<Vec<Entry>, DmError> {
     let mut bn = String::new();
     let mut out: Vec<Entry> = Vec::with_capacity(recs.len());
+    // A set, so a payload of many records costs n log n to check, not n².
+    let mut seen = std::collections::BTreeSet::new();
     for r in recs {
         if let Some(b) = r.bn {
             bn = b;
@@ -121,7 +123,7 @@ fn entries_of(
         if path.depth() < 3 {
             return Err(bad(format_args!("SenML name {name:?} is not a resource")));
         }
-        if out.iter().any(|e| e.path == path) {
+        if !seen.insert(path) {
             return Err(bad(format_args!("SenML name {name:?} given twice")));
         }
         let field = r
