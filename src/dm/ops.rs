@@ -726,4 +726,105 @@ mod tests {
             Err(DmError::MethodNotAllowed)
         );
     }
+
+    #[test]
+    fn server_object_replace_is_all_or_nothing() {
+        let mut dm = model();
+        let m = Requester::Management;
+        let p = Path::instance(1, 0);
+        let good = tlv::encode(&[
+            Tlv::value(TlvType::Resource, 1, &Value::Integer(300)),
+            Tlv::value(TlvType::Resource, 2, &Value::Integer(5)),
+        ]);
+        let changed = write(
+            &mut dm,
+            &p,
+            Some(cf::LWM2M_TLV),
+            &good,
+            WriteMode::Replace,
+            m,
+        )
+        .unwrap();
+        assert_eq!(changed, [Path::resource(1, 0, 1), Path::resource(1, 0, 2)]);
+        let before = dm.server.by_ssid(1).unwrap().clone();
+        assert_eq!((before.lifetime, before.default_min_period), (300, Some(5)));
+        // Binding "X" fails after lifetime and pmax were written: all of it is undone,
+        // including the reset of the optional pmin.
+        let bad = tlv::encode(&[
+            Tlv::value(TlvType::Resource, 1, &Value::Integer(50)),
+            Tlv::value(TlvType::Resource, 3, &Value::Integer(9)),
+            Tlv::value(TlvType::Resource, 7, &Value::String("X".into())),
+        ]);
+        assert_eq!(
+            write(
+                &mut dm,
+                &p,
+                Some(cf::LWM2M_TLV),
+                &bad,
+                WriteMode::Replace,
+                m
+            ),
+            Err(DmError::BadRequest)
+        );
+        assert_eq!(dm.server.by_ssid(1).unwrap(), &before);
+        // Replace drops optional values the request leaves out.
+        let only_lifetime = tlv::encode(&[Tlv::value(TlvType::Resource, 1, &Value::Integer(70))]);
+        write(
+            &mut dm,
+            &p,
+            Some(cf::LWM2M_TLV),
+            &only_lifetime,
+            WriteMode::Replace,
+            m,
+        )
+        .unwrap();
+        assert_eq!(dm.server.by_ssid(1).unwrap().default_min_period, None);
+        assert_eq!(
+            write(&mut dm, &p, None, &only_lifetime, WriteMode::Replace, m),
+            Err(DmError::BadRequest)
+        );
+    }
+
+    #[test]
+    fn execute_argument_syntax() {
+        for ok in [&b""[..], b"0", b"0,1", b"5='x y'", b"0='',9='a,b'"] {
+            assert!(valid_execute_args(ok), "{ok:?}");
+        }
+        for bad in [
+            &b","[..],
+            b"0,",
+            b"a",
+            b"10",
+            b"0=x",
+            b"0='x",
+            b"0='x'1",
+            b"0='\x01'",
+        ] {
+            assert!(!valid_execute_args(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn discover_lists_resources_with_dim_and_attributes() {
+        let dm = model();
+        let m = Requester::Management;
+        let attrs = |p: &Path| {
+            if *p == Path::resource(3, 0, 0) {
+                ";pmin=1".to_string()
+            } else {
+                String::new()
+            }
+        };
+        let text = discover(&dm, &Path::instance(3, 0), m, &attrs).unwrap();
+        assert!(text.starts_with("</3/0>,</3/0/0>;pmin=1,"), "{text}");
+        assert!(text.contains("</3/0/11>;dim=1"), "{text}");
+        assert_eq!(
+            discover(&dm, &Path::object(0), m, &attrs),
+            Err(DmError::Unauthorized)
+        );
+        assert_eq!(
+            discover(&dm, &Path::instance(3, 9), m, &attrs),
+            Err(DmError::NotFound)
+        );
+    }
 }
