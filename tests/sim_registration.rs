@@ -62,7 +62,7 @@ fn registration_events(sim: &Sim) -> Vec<Timed<ServerEvent>> {
             | ServerEvent::Updated { endpoint }
             | ServerEvent::Expired { endpoint }
             | ServerEvent::Deregistered { endpoint } => endpoint == EP,
-            ServerEvent::OpFinished { .. } => false,
+            ServerEvent::OpFinished { .. } | ServerEvent::Notification { .. } => false,
         })
         .cloned()
         .collect()

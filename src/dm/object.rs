@@ -90,6 +90,10 @@ pub enum DmError {
     UnsupportedContentFormat,
     #[error("5.00 internal server error")]
     Internal,
+    /// A handler answered with this exact CoAP code (class 4 or 5, e.g. 0x83 = 4.03); other
+    /// classes are not errors and are reported as 5.00.
+    #[error("handler error code {}", crate::coap::code::to_string(*.0))]
+    Code(u8),
 }
 
 impl DmError {
@@ -104,6 +108,8 @@ impl DmError {
             DmError::NotAcceptable => code::NOT_ACCEPTABLE,
             DmError::UnsupportedContentFormat => code::UNSUPPORTED_CONTENT_FORMAT,
             DmError::Internal => code::INTERNAL_SERVER_ERROR,
+            DmError::Code(c) if matches!(c >> 5, 4 | 5) => c,
+            DmError::Code(_) => code::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -135,5 +141,66 @@ pub trait Object: Send {
     /// Executes a resource with its (possibly empty) argument string.
     fn execute(&mut self, _iid: u16, _rid: u16, _args: &[u8]) -> Result<(), DmError> {
         Err(DmError::MethodNotAllowed)
+    }
+
+    /// Creates an empty instance `iid` (the Create operation then writes its resources).
+    fn create_instance(&mut self, _iid: u16) -> Result<(), DmError> {
+        Err(DmError::MethodNotAllowed)
+    }
+
+    /// Deletes instance `iid`.
+    fn delete_instance(&mut self, _iid: u16) -> Result<(), DmError> {
+        Err(DmError::MethodNotAllowed)
+    }
+
+    /// Resource-instance IDs of a multiple resource, ascending.
+    fn resource_instances(&self, iid: u16, rid: u16) -> Result<Vec<u16>, DmError> {
+        match self.read(iid, rid)? {
+            ResourceValue::Multiple(vs) => {
+                let mut ids: Vec<u16> = vs.iter().map(|(ri, _)| *ri).collect();
+                ids.sort_unstable();
+                Ok(ids)
+            }
+            ResourceValue::Single(_) => Err(DmError::MethodNotAllowed),
+        }
+    }
+
+    /// Called before a Write-replace of an instance: drops every writable resource's value,
+    /// so that resources missing from the request end up unset.
+    fn reset_instance(&mut self, _iid: u16) -> Result<(), DmError> {
+        Ok(())
+    }
+
+    /// Opens a transaction around a multi-resource Write or Create. Objects that cannot undo
+    /// writes themselves may rely on the data model restoring the old values instead.
+    fn transaction_begin(&mut self) -> Result<(), DmError> {
+        Ok(())
+    }
+
+    /// Checks the state after all writes of a request; an error rolls the request back.
+    fn transaction_validate(&mut self) -> Result<(), DmError> {
+        Ok(())
+    }
+
+    /// Makes the request's writes final.
+    fn transaction_commit(&mut self) -> Result<(), DmError> {
+        Ok(())
+    }
+
+    /// Undoes the writes since [`Object::transaction_begin`].
+    fn transaction_rollback(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_codes_map_to_themselves_only_for_error_classes() {
+        assert_eq!(DmError::Code(0x83).coap_code(), 0x83);
+        assert_eq!(DmError::Code(0xA3).coap_code(), 0xA3);
+        assert_eq!(DmError::Code(0x44).coap_code(), 0xA0);
+        assert_eq!(DmError::Code(0).coap_code(), 0xA0);
+        assert_eq!(DmError::Code(0x83).to_string(), "handler error code 4.03");
     }
 }

@@ -330,6 +330,7 @@ impl estuary_configuration_t {
             udp_tx_params,
             udp_dtls_hs_tx_params,
             trust_store_certs,
+            confirmable_notifications: false,
         };
         Ok(DriverConfig {
             client,

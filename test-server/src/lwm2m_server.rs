@@ -1,6 +1,7 @@
 //! The LwM2M Server side of the test server, sans-IO: a registration table fed by Register,
-//! Update and De-register, and device-management requests (Read) sent to registered
-//! clients. Uses the client's own CoAP [`Endpoint`], one per peer address.
+//! Update and De-register, device-management requests (Read, Write, Execute, Create, Delete,
+//! Discover, Write-Attributes) sent to registered clients, and Observe with its
+//! notifications and cancellation. Uses the client's own CoAP [`Endpoint`], one per peer.
 //!
 //! Sockets, clocks, the control API and logging of events live in `run.rs` and `events.rs`.
 
@@ -16,7 +17,7 @@ use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
 use log::debug;
 
-/// Identifies a device-management operation started through [`Lwm2mServer::read`].
+/// Identifies a device-management operation started through [`Lwm2mServer::request`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OpId(pub u64);
 
@@ -65,12 +66,91 @@ pub enum ServerEvent {
     Expired {
         endpoint: String,
     },
-    /// A Read (or other operation) finished, with the response or why it failed.
+    /// A Read (or other operation) finished, with the response or why it failed. For an
+    /// Observe GET this is the first response; later values arrive as `Notification`.
     OpFinished {
         op: OpId,
         endpoint: String,
         result: Result<OpResult, String>,
     },
+    /// A notification for the observation started by `op`.
+    Notification {
+        op: OpId,
+        endpoint: String,
+        /// The Observe option's sequence number.
+        observe: u32,
+        result: OpResult,
+    },
+}
+
+/// The CoAP method of a device-management request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OpMethod {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+impl OpMethod {
+    fn code(self) -> u8 {
+        match self {
+            OpMethod::Get => code::GET,
+            OpMethod::Put => code::PUT,
+            OpMethod::Post => code::POST,
+            OpMethod::Delete => code::DELETE,
+        }
+    }
+}
+
+/// A device-management request as the server's user describes it; the LwM2M operation
+/// follows from method, path and options (e.g. PUT with a query = Write-Attributes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpRequest {
+    pub method: OpMethod,
+    /// "/3303/0/5700"
+    pub path: String,
+    pub content_format: Option<u16>,
+    pub accept: Option<u16>,
+    /// Uri-Query items, e.g. `["pmin=5", "pmax=30"]` for Write-Attributes.
+    pub query: Vec<String>,
+    pub payload: Vec<u8>,
+    /// `Some(0)` registers an observation, `Some(1)` deregisters one.
+    pub observe: Option<u32>,
+}
+
+impl OpRequest {
+    /// A GET (Read, or Discover with an Accept of link format).
+    pub fn get(path: &str) -> Self {
+        OpRequest {
+            method: OpMethod::Get,
+            path: path.to_string(),
+            content_format: None,
+            accept: None,
+            query: Vec::new(),
+            payload: Vec::new(),
+            observe: None,
+        }
+    }
+
+    /// A request with a body in the given Content-Format.
+    pub fn with_body(method: OpMethod, path: &str, cf: u16, payload: Vec<u8>) -> Self {
+        OpRequest {
+            method,
+            content_format: Some(cf),
+            payload,
+            ..OpRequest::get(path)
+        }
+    }
+}
+
+/// What the server remembers of a request in flight.
+#[derive(Clone, Debug)]
+struct PendingOp {
+    op: OpId,
+    endpoint: String,
+    /// The request registered an observation (GET with Observe=0).
+    observe: bool,
 }
 
 /// Why an operation could not be started.
@@ -82,6 +162,8 @@ pub enum OpError {
     BadPath(String),
     #[error("request could not be sent: {0}")]
     Send(String),
+    #[error("no active observation {0:?}")]
+    UnknownObservation(OpId),
 }
 
 /// Grace period after a lifetime before a registration is dropped.
@@ -96,7 +178,9 @@ pub struct Lwm2mServer {
     /// Registrations by location ID.
     registrations: BTreeMap<u32, Registration>,
     next_location: u32,
-    ops: HashMap<(SocketAddr, RequestHandle), (OpId, String)>,
+    ops: HashMap<(SocketAddr, RequestHandle), PendingOp>,
+    /// Live observations: the request handle whose token the notifications carry.
+    observations: HashMap<(SocketAddr, RequestHandle), PendingOp>,
     next_op: u64,
     tx: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<ServerEvent>,
@@ -112,6 +196,7 @@ impl Lwm2mServer {
             registrations: BTreeMap::new(),
             next_location: 1,
             ops: HashMap::new(),
+            observations: HashMap::new(),
             next_op: 1,
             tx: VecDeque::new(),
             events: VecDeque::new(),
@@ -183,31 +268,55 @@ impl Lwm2mServer {
                     }
                 }
                 EndpointEvent::Response { handle, packet } => {
-                    if let Some((op, endpoint)) = self.ops.remove(&(peer, handle)) {
-                        let result = Ok(OpResult {
-                            code: code::to_string(coap::raw_code(&packet)),
-                            content_format: coap::content_format_of(&packet),
-                            payload: packet.payload,
-                        });
+                    if let Some(p) = self.ops.remove(&(peer, handle)) {
+                        // The observation lives on only if the client accepted it (2.05 with
+                        // an Observe option, RFC 7641 §3.1).
+                        let accepted = coap::code::is_success(coap::raw_code(&packet))
+                            && coap::uint_option(&packet, coap::CoapOption::Observe).is_some();
+                        if p.observe && accepted {
+                            self.observations.insert((peer, handle), p.clone());
+                        } else if p.observe {
+                            if let Some(ep) = self.peers.get_mut(&peer) {
+                                ep.forget_observation(handle);
+                            }
+                        }
                         self.events.push_back(ServerEvent::OpFinished {
-                            op,
-                            endpoint,
-                            result,
+                            op: p.op,
+                            endpoint: p.endpoint,
+                            result: Ok(op_result(packet)),
                         });
                     }
                 }
                 EndpointEvent::Failed { handle, error } => {
-                    if let Some((op, endpoint)) = self.ops.remove(&(peer, handle)) {
+                    if let Some(p) = self.ops.remove(&(peer, handle)) {
                         self.events.push_back(ServerEvent::OpFinished {
-                            op,
-                            endpoint,
+                            op: p.op,
+                            endpoint: p.endpoint,
                             result: Err(error.to_string()),
                         });
                     }
                 }
+                EndpointEvent::Notification { handle, packet } => {
+                    let key = (peer, handle);
+                    let Some(p) = self.observations.get(&key).cloned() else {
+                        continue;
+                    };
+                    let observe = coap::uint_option(&packet, coap::CoapOption::Observe);
+                    // A notification without Observe (e.g. 4.04) ends it (RFC 7641 §3.2).
+                    if observe.is_none() || !coap::code::is_success(coap::raw_code(&packet)) {
+                        self.observations.remove(&key);
+                        if let Some(ep) = self.peers.get_mut(&peer) {
+                            ep.forget_observation(handle);
+                        }
+                    }
+                    self.events.push_back(ServerEvent::Notification {
+                        op: p.op,
+                        endpoint: p.endpoint,
+                        observe: observe.unwrap_or(0),
+                        result: op_result(packet),
+                    });
+                }
                 EndpointEvent::Delivered { .. } => {}
-                // Placeholder until C3's notification routing merges (C4 added the variant).
-                EndpointEvent::Notification { .. } => {}
             }
         }
     }
@@ -352,25 +461,88 @@ impl Lwm2mServer {
         path: &str,
         accept: Option<u16>,
     ) -> Result<OpId, OpError> {
+        let req = OpRequest {
+            accept,
+            ..OpRequest::get(path)
+        };
+        self.request(now, endpoint, req)
+    }
+
+    /// Sends a device-management request to a registered client; the answer arrives as
+    /// [`ServerEvent::OpFinished`], and for an accepted Observe every later value as
+    /// [`ServerEvent::Notification`] with the same [`OpId`].
+    pub fn request(&mut self, now: Now, endpoint: &str, req: OpRequest) -> Result<OpId, OpError> {
         let parsed =
-            estuary::dm::Path::parse(path).map_err(|_| OpError::BadPath(path.to_string()))?;
+            estuary::dm::Path::parse(&req.path).map_err(|_| OpError::BadPath(req.path.clone()))?;
         let peer = self
             .registration(endpoint)
             .map(|r| r.peer)
             .ok_or_else(|| OpError::UnknownEndpoint(endpoint.to_string()))?;
-        let mut req = coap::new_request(code::GET, &parsed.to_string());
-        if let Some(cf) = accept {
-            coap::set_uint_option(&mut req, coap::CoapOption::Accept, u32::from(cf));
+        let mut packet = coap::new_request(req.method.code(), &parsed.to_string());
+        if let Some(obs) = req.observe {
+            // Observe precedes Uri-Path in option order; coap-lite sorts options itself.
+            coap::set_uint_option(&mut packet, coap::CoapOption::Observe, obs);
         }
+        if let Some(cf) = req.content_format {
+            coap::set_content_format(&mut packet, cf);
+        }
+        for q in &req.query {
+            packet.add_option(coap::CoapOption::UriQuery, q.as_bytes().to_vec());
+        }
+        if let Some(cf) = req.accept {
+            coap::set_uint_option(&mut packet, coap::CoapOption::Accept, u32::from(cf));
+        }
+        packet.payload = req.payload;
         let handle = self
             .endpoint(peer)
-            .send_request(now.mono, req, true)
+            .send_request(now.mono, packet, true)
             .map_err(|e| OpError::Send(e.to_string()))?;
         let op = OpId(self.next_op);
         self.next_op += 1;
-        self.ops.insert((peer, handle), (op, endpoint.to_string()));
+        self.ops.insert(
+            (peer, handle),
+            PendingOp {
+                op,
+                endpoint: endpoint.to_string(),
+                observe: req.method == OpMethod::Get && req.observe == Some(0),
+            },
+        );
         self.drain(now, peer);
         Ok(op)
+    }
+
+    /// Stops an observation: its token is forgotten, so the client's next notification is
+    /// answered with RST (RFC 7641 §3.6) and no further `Notification` events appear.
+    pub fn cancel_observation(
+        &mut self,
+        now: Now,
+        endpoint: &str,
+        op: OpId,
+    ) -> Result<(), OpError> {
+        let key = self
+            .observations
+            .iter()
+            .find(|(_, p)| p.op == op && p.endpoint == endpoint)
+            .map(|(k, _)| *k)
+            .ok_or(OpError::UnknownObservation(op))?;
+        self.observations.remove(&key);
+        let (peer, handle) = key;
+        if let Some(ep) = self.peers.get_mut(&peer) {
+            ep.forget_observation(handle);
+        }
+        self.drain(now, peer);
+        Ok(())
+    }
+
+    /// The observations currently live, as (operation, endpoint).
+    pub fn observations(&self) -> Vec<(OpId, String)> {
+        let mut v: Vec<(OpId, String)> = self
+            .observations
+            .values()
+            .map(|p| (p.op, p.endpoint.clone()))
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
@@ -400,6 +572,14 @@ impl Lwm2mServer {
     }
 }
 
+fn op_result(packet: coap::Packet) -> OpResult {
+    OpResult {
+        code: code::to_string(coap::raw_code(&packet)),
+        content_format: coap::content_format_of(&packet),
+        payload: packet.payload,
+    }
+}
+
 /// Object links from a Register/Update payload, as their target paths.
 fn parse_objects(payload: &[u8]) -> Option<Vec<String>> {
     if payload.is_empty() {
@@ -421,4 +601,191 @@ pub fn format_from_name(name: &str) -> Option<u16> {
         "lwm2m-cbor" => content_format::LWM2M_CBOR,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estuary::coap::CoapOption;
+
+    const CLIENT: &str = "127.0.0.1:56830";
+
+    fn now0() -> Now {
+        Now::new(
+            Instant::from_millis(1_000),
+            UtcTime::from_unix_seconds(1_700_000_000),
+        )
+    }
+
+    /// A server with one client "ep1" registered from [`CLIENT`], plus that client's endpoint.
+    fn registered() -> (Lwm2mServer, Endpoint) {
+        let mut server = Lwm2mServer::new(TxParams::default(), 7);
+        let mut rng = SeededRng::new(3);
+        let mut client = Endpoint::new(TxParams::default(), 1152, 4096, &mut rng);
+        let mut reg = coap::new_request(code::POST, "/rd");
+        reg.add_option(CoapOption::UriQuery, b"ep=ep1".to_vec());
+        client.send_request(now0().mono, reg, true).unwrap();
+        pump(&mut server, &mut client);
+        assert!(server.registration("ep1").is_some());
+        while server.poll_event().is_some() {}
+        while client.poll_event().is_some() {}
+        (server, client)
+    }
+
+    /// Moves every queued datagram between the two sides until both are quiet.
+    fn pump(server: &mut Lwm2mServer, client: &mut Endpoint) {
+        let peer: SocketAddr = CLIENT.parse().unwrap();
+        loop {
+            let mut moved = false;
+            while let Some(d) = client.poll_transmit() {
+                server.handle_datagram(now0(), peer, &d);
+                moved = true;
+            }
+            while let Some((_, d)) = server.poll_transmit() {
+                client.handle_datagram(now0().mono, &d).unwrap();
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn next_request(client: &mut Endpoint) -> coap::InboundRequest {
+        loop {
+            match client.poll_event() {
+                Some(EndpointEvent::Request(r)) => return r,
+                Some(_) => continue,
+                None => panic!("no request reached the client"),
+            }
+        }
+    }
+
+    #[test]
+    fn request_carries_method_options_and_body() {
+        let (mut server, mut client) = registered();
+        let req = OpRequest {
+            query: vec!["pmin=5".into(), "pmax=30".into()],
+            ..OpRequest::with_body(OpMethod::Put, "/3303/0/5700", 0, b"21.5".to_vec())
+        };
+        let op = server.request(now0(), "ep1", req).unwrap();
+        pump(&mut server, &mut client);
+        let r = next_request(&mut client);
+        assert_eq!(coap::raw_code(&r.packet), code::PUT);
+        assert_eq!(coap::uri_path(&r.packet).unwrap(), ["3303", "0", "5700"]);
+        assert_eq!(coap::uri_query(&r.packet).unwrap(), ["pmin=5", "pmax=30"]);
+        assert_eq!(coap::content_format_of(&r.packet), Some(0));
+        assert_eq!(r.packet.payload, b"21.5");
+        client.respond(now0().mono, &r, coap::new_response(code::CHANGED));
+        pump(&mut server, &mut client);
+        match server.poll_event() {
+            Some(ServerEvent::OpFinished {
+                op: o,
+                result: Ok(res),
+                ..
+            }) => {
+                assert_eq!(o, op);
+                assert_eq!(res.code, "2.04");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Not an observation: nothing to cancel.
+        assert_eq!(
+            server.cancel_observation(now0(), "ep1", op),
+            Err(OpError::UnknownObservation(op))
+        );
+    }
+
+    #[test]
+    fn bad_path_and_unknown_endpoint_send_nothing() {
+        let (mut server, _client) = registered();
+        assert!(matches!(
+            server.request(now0(), "ep1", OpRequest::get("/3/x")),
+            Err(OpError::BadPath(_))
+        ));
+        assert!(matches!(
+            server.request(now0(), "nobody", OpRequest::get("/3/0")),
+            Err(OpError::UnknownEndpoint(_))
+        ));
+        assert!(server.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn observe_is_live_only_when_the_client_accepts_it() {
+        let (mut server, mut client) = registered();
+        let req = OpRequest {
+            observe: Some(0),
+            accept: Some(content_format::TEXT_PLAIN),
+            ..OpRequest::get("/3/0/9")
+        };
+        let accepted = server.request(now0(), "ep1", req.clone()).unwrap();
+        pump(&mut server, &mut client);
+        let r = next_request(&mut client);
+        let observe_token = r.token.clone();
+        assert_eq!(coap::uint_option(&r.packet, CoapOption::Observe), Some(0));
+        assert_eq!(coap::accept_of(&r.packet), Some(content_format::TEXT_PLAIN));
+        let mut resp = coap::new_response(code::CONTENT);
+        coap::set_uint_option(&mut resp, CoapOption::Observe, 2);
+        resp.payload = b"88".to_vec();
+        client.respond(now0().mono, &r, resp);
+        pump(&mut server, &mut client);
+        assert!(matches!(
+            server.poll_event(),
+            Some(ServerEvent::OpFinished { op, result: Ok(_), .. }) if op == accepted
+        ));
+
+        // A 2.05 without Observe means the client declined: no observation remains.
+        let declined = server.request(now0(), "ep1", req).unwrap();
+        pump(&mut server, &mut client);
+        let r = next_request(&mut client);
+        client.respond(now0().mono, &r, coap::new_response(code::CONTENT));
+        pump(&mut server, &mut client);
+        assert_eq!(server.observations(), vec![(accepted, "ep1".to_string())]);
+        assert_eq!(
+            server.cancel_observation(now0(), "ep1", declined),
+            Err(OpError::UnknownObservation(declined))
+        );
+        assert_eq!(
+            server.cancel_observation(now0(), "other", accepted),
+            Err(OpError::UnknownObservation(accepted))
+        );
+        while server.poll_event().is_some() {}
+        // A notification with the observation's token becomes a Notification event.
+        let notify = |client: &mut Endpoint, seq: u32, body: &[u8]| {
+            let mut n = coap::new_response(code::CONTENT);
+            coap::set_uint_option(&mut n, CoapOption::Observe, seq);
+            n.payload = body.to_vec();
+            client.send_message(now0().mono, observe_token.clone(), n, false)
+        };
+        notify(&mut client, 3, b"77");
+        pump(&mut server, &mut client);
+        match server.poll_event() {
+            Some(ServerEvent::Notification {
+                op,
+                observe,
+                result,
+                ..
+            }) => {
+                assert_eq!((op, observe), (accepted, 3));
+                assert_eq!(result.payload, b"77");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        server.cancel_observation(now0(), "ep1", accepted).unwrap();
+        assert!(server.observations().is_empty());
+        // After cancelling, the next notification is answered with RST and reported no more.
+        let h = notify(&mut client, 4, b"78");
+        pump(&mut server, &mut client);
+        assert!(server.poll_event().is_none());
+        let mut reset = false;
+        while let Some(ev) = client.poll_event() {
+            if let EndpointEvent::Failed { handle, error } = ev {
+                reset |= handle == h && error == coap::ExchangeError::Reset;
+            }
+        }
+        assert!(
+            reset,
+            "the cancelled notification was not answered with RST"
+        );
+    }
 }
