@@ -26,9 +26,15 @@ use crate::time::{Instant, Now};
 /// the largest expansion of our cipher suites.
 pub(crate) const MAX_DTLS_DATAGRAM: usize = 16384 + 13 + 256;
 
-/// Identifies the connection a datagram belongs to (one per server account).
+/// Identifies the connection a datagram belongs to (one per server account): the SSID for
+/// a management server, [`ConnectionId::BOOTSTRAP`] for the Bootstrap-Server.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u32);
+
+impl ConnectionId {
+    /// The Bootstrap-Server's connection (SSID 0 is never a management server's).
+    pub const BOOTSTRAP: ConnectionId = ConnectionId(0);
+}
 
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
