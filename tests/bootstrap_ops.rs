@@ -8,6 +8,8 @@ use estuary::dm::{DataModel, Path};
 use estuary::lwm2m::bootstrap_ops::{bootstrap_discover, handle_bootstrap_request, BootstrapReply};
 use estuary_testserver::bootstrap_server::ProvisionedAccount;
 
+mod dm_fixture;
+
 const BS_URI: &str = "coap://127.0.0.1:5693";
 
 fn req(method: u8, path: &str, format: Option<u16>, payload: &[u8]) -> InboundRequest {
@@ -322,6 +324,18 @@ fn bad_writes_change_nothing() {
             a.server_tlv(),
             code::BAD_REQUEST,
         ),
+        (
+            "/0/1",
+            Some(cf::SENML_JSON),
+            br#"[{"n":"/0/1/10","vs":"x"}]"#.to_vec(),
+            code::BAD_REQUEST,
+        ),
+        (
+            "/1/0",
+            Some(cf::SENML_JSON),
+            br#"[{"n":"/1/0/1","v":60},{"n":"/1/0/6","v":1}]"#.to_vec(),
+            code::BAD_REQUEST,
+        ),
         // A new Server instance without a lifetime.
         (
             "/1/1/0",
@@ -375,6 +389,15 @@ fn object_level_write_is_all_or_nothing() {
     assert_eq!(r.changed, vec![Path::resource(1, 1, 1)]);
     let s = dm.server.get(1).unwrap();
     assert_eq!((s.ssid, s.lifetime, s.binding.as_str()), (102, 900, "U"));
+    // SenML JSON works as well as TLV.
+    let senml = br#"[{"bn":"/1/1/","n":"2","v":5},{"n":"7","vs":"UQ"}]"#;
+    let r = send(&mut dm, req(code::PUT, "/1/1", Some(cf::SENML_JSON), senml));
+    assert_eq!(code_of(&r), code::CHANGED);
+    let s = dm.server.get(1).unwrap();
+    assert_eq!(
+        (s.lifetime, s.default_min_period, s.binding.as_str()),
+        (900, Some(5), "UQ")
+    );
 }
 
 #[test]
@@ -417,5 +440,43 @@ fn bootstrap_read_and_discover() {
     assert_eq!(
         code_of(&send(&mut dm, req(code::POST, "/1/0", None, &[]))),
         code::METHOD_NOT_ALLOWED
+    );
+}
+
+#[test]
+fn other_objects_are_written_created_and_deleted() {
+    use dm_fixture::{Temp, TempObject, TEMP};
+    let shared: dm_fixture::Shared = Default::default();
+    shared.lock().unwrap().instances.insert(0, Temp::new(20.0));
+    let mut dm = client();
+    dm.register(Box::new(TempObject(shared.clone())))
+        .ok()
+        .unwrap();
+    // A write to a missing instance creates it; other resources keep their defaults.
+    let r = send(
+        &mut dm,
+        req(code::PUT, "/3303/1/5701", Some(cf::TEXT_PLAIN), b"K"),
+    );
+    assert_eq!(code_of(&r), code::CHANGED);
+    assert_eq!(r.changed, vec![Path::resource(TEMP, 1, 5701)]);
+    assert_eq!(shared.lock().unwrap().instances[&1].units, "K");
+    // A refused write to a missing instance does not leave it behind.
+    let r = send(
+        &mut dm,
+        req(code::PUT, "/3303/2/5700", Some(cf::TEXT_PLAIN), b"1.5"),
+    );
+    assert_eq!(code_of(&r), code::METHOD_NOT_ALLOWED);
+    assert!(!shared.lock().unwrap().instances.contains_key(&2));
+    let disc = bootstrap_discover(&dm, &Path::object(TEMP)).unwrap();
+    assert_eq!(disc, "</3303/0>,</3303/1>");
+    assert_eq!(
+        code_of(&send(&mut dm, req(code::DELETE, "/", None, &[]))),
+        code::DELETED
+    );
+    assert!(shared.lock().unwrap().instances.is_empty());
+    let disc = bootstrap_discover(&dm, &Path::ROOT).unwrap();
+    assert_eq!(
+        disc,
+        "</>;lwm2m=1.1,</0/0>;uri=\"coap://127.0.0.1:5693\",</1>;ver=1.1,</3/0>,</3303>"
     );
 }
