@@ -159,6 +159,14 @@ fn delete_keeps_bootstrap_account_and_device() {
         code_of(&send(&mut dm, req(code::DELETE, "/1/4", None, &[]))),
         code::NOT_FOUND
     );
+    // A path that does not parse is refused rather than read as "/".
+    let mut dm = client();
+    let mut bad = req(code::DELETE, "/", None, &[]);
+    bad.packet.add_option(CoapOption::UriPath, vec![0xff]);
+    assert_eq!(code_of(&send(&mut dm, bad)), code::BAD_REQUEST);
+    let bad = req(code::DELETE, "/0/x", None, &[]);
+    assert_eq!(code_of(&send(&mut dm, bad)), code::BAD_REQUEST);
+    assert_eq!(dm.security.iter().count(), 2);
     let mut dm = client();
     assert_eq!(
         code_of(&send(&mut dm, req(code::DELETE, "/0", None, &[]))),

@@ -40,7 +40,11 @@ fn reply(c: u8) -> BootstrapReply {
 pub fn handle_bootstrap_request(dm: &mut DataModel, req: &InboundRequest) -> BootstrapReply {
     let p = &req.packet;
     let method = coap::raw_code(p);
-    let segs = coap::uri_path(p).unwrap_or_default();
+    // A path that is not UTF-8 must not fall back to "/" (a Delete there wipes everything).
+    let Some(segs) = coap::uri_path(p) else {
+        debug!("bootstrap request with a non-UTF-8 path");
+        return reply(code::BAD_REQUEST);
+    };
     if method == code::POST && segs.len() == 1 && segs[0] == "bs" {
         return finish(dm);
     }
