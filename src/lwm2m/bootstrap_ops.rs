@@ -140,7 +140,7 @@ pub fn bootstrap_discover(dm: &DataModel, path: &Path) -> Result<String, DmError
             match o {
                 oid::SECURITY => {
                     if let Some(sec) = dm.security.get(i) {
-                        if let Some(ssid) = sec.ssid.filter(|_| !sec.bootstrap_server) {
+                        if let Some(ssid) = sec.ssid {
                             l.push_str(&format!(";ssid={ssid}"));
                         }
                         l.push_str(&format!(";uri=\"{}\"", sec.server_uri));
