@@ -5,6 +5,7 @@
 
 pub mod attributes;
 pub mod bootstrap;
+pub mod bootstrap_ops;
 pub mod observe;
 pub mod registration;
 pub mod server_dm;

@@ -107,6 +107,62 @@ impl SecurityInstance {
         }
     }
 
+    /// An instance with nothing set yet, which a Bootstrap-Write fills resource by resource.
+    pub fn blank() -> Self {
+        SecurityInstance {
+            ssid: None,
+            ..SecurityInstance::nosec("", 0)
+        }
+    }
+
+    /// Sets one resource from a Bootstrap-Write; says why a value is refused.
+    pub fn set_resource(&mut self, rid: u16, v: Value) -> Result<(), &'static str> {
+        let int = |v: &Value| match v {
+            Value::Integer(x) => Ok(*x),
+            _ => Err("expected an integer"),
+        };
+        match (rid, v) {
+            (0, Value::String(s)) => self.server_uri = s,
+            (1, Value::Boolean(b)) => self.bootstrap_server = b,
+            (2, v) => {
+                self.security_mode =
+                    SecurityMode::from_i64(int(&v)?).ok_or("Security Mode must be 0 to 4")?
+            }
+            (3, Value::Opaque(b)) => self.public_cert_or_psk_identity = b,
+            (4, Value::Opaque(b)) => self.server_public_key = b,
+            (5, Value::Opaque(b)) => self.private_cert_or_psk_key = b,
+            (10, v) => {
+                let s = int(&v)?;
+                if !(1..=65534).contains(&s) {
+                    return Err("Short Server ID must be in 1..=65534");
+                }
+                self.ssid = Some(s as u16)
+            }
+            (11 | 12, v) => {
+                let t = int(&v)?;
+                if t < 0 {
+                    return Err("a time must not be negative");
+                }
+                if rid == 11 {
+                    self.client_holdoff_time = Some(t)
+                } else {
+                    self.bootstrap_server_account_timeout = Some(t)
+                }
+            }
+            (14, Value::String(s)) => self.server_name_indication = Some(s),
+            (15, v) => {
+                let u = int(&v)?;
+                if !(0..=3).contains(&u) {
+                    return Err("Certificate Usage must be 0 to 3");
+                }
+                self.certificate_usage = Some(u as u8)
+            }
+            (0..=5 | 14, _) => return Err("value of the wrong type"),
+            _ => return Err("resource not supported"),
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), InstanceError> {
         if crate::lwm2m::uri::ServerUri::parse(&self.server_uri).is_err() {
             return Err(InstanceError::Invalid(
@@ -189,6 +245,31 @@ impl SecurityObject {
 
     pub fn purge(&mut self) {
         self.instances.clear();
+    }
+
+    /// Removes one instance; whether it existed.
+    pub fn remove(&mut self, iid: u16) -> bool {
+        self.instances.remove(&iid).is_some()
+    }
+
+    /// Puts `inst` at `iid`, replacing what was there, with the checks of [`Self::insert`]
+    /// against the other instances.
+    pub fn replace(&mut self, iid: u16, inst: SecurityInstance) -> Result<(), InstanceError> {
+        let old = self.instances.remove(&iid);
+        match self.insert(iid, inst) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(old) = old {
+                    self.instances.insert(iid, old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The declared type of resource `rid`, if the object has it.
+    pub fn resource_kind(rid: u16) -> Option<K> {
+        RESOURCES.iter().find(|d| d.rid == rid).map(|d| d.kind)
     }
 
     pub fn get(&self, iid: u16) -> Option<&SecurityInstance> {

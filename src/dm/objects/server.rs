@@ -36,6 +36,58 @@ impl ServerInstance {
         }
     }
 
+    /// An instance with nothing set yet (SSID 0 and lifetime 0 fail validation until a
+    /// Bootstrap-Write sets them).
+    pub fn blank() -> Self {
+        ServerInstance::new(0, 0)
+    }
+
+    /// Sets one resource from a Bootstrap-Write (which may also set the SSID, /1/x/0);
+    /// says why a value is refused.
+    pub fn set_resource(&mut self, rid: u16, v: Value) -> Result<(), &'static str> {
+        let int = |v: &Value| match v {
+            Value::Integer(x) => Ok(*x),
+            _ => Err("expected an integer"),
+        };
+        match (rid, v) {
+            (0, v) => {
+                let s = int(&v)?;
+                if !(1..=65534).contains(&s) {
+                    return Err("Short Server ID must be in 1..=65534");
+                }
+                self.ssid = s as u16
+            }
+            (1, v) => {
+                let lt = int(&v)?;
+                if lt <= 0 || lt > i64::from(u32::MAX) {
+                    return Err("lifetime must be in 1..=2^32-1");
+                }
+                self.lifetime = lt
+            }
+            (2 | 3 | 5, v) => {
+                let p = int(&v)?;
+                if p < 0 {
+                    return Err("a period must not be negative");
+                }
+                match rid {
+                    2 => self.default_min_period = Some(p),
+                    3 => self.default_max_period = Some(p),
+                    _ => self.disable_timeout = Some(p),
+                }
+            }
+            (6, Value::Boolean(b)) => self.notification_storing = b,
+            (7, Value::String(b)) => {
+                if b.is_empty() || !b.chars().all(|c| "UTSNQ".contains(c)) {
+                    return Err("binding must be made of U, T, S, N, Q");
+                }
+                self.binding = b
+            }
+            (6 | 7, _) => return Err("value of the wrong type"),
+            _ => return Err("resource not writable by a bootstrap server"),
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), InstanceError> {
         if self.ssid == 0 || self.ssid == u16::MAX {
             return Err(InstanceError::Invalid("SSID must be in 1..=65534"));
@@ -106,6 +158,35 @@ impl ServerObject {
 
     pub fn purge(&mut self) {
         self.instances.clear();
+    }
+
+    /// Removes one instance; whether it existed.
+    pub fn remove(&mut self, iid: u16) -> bool {
+        self.instances.remove(&iid).is_some()
+    }
+
+    pub fn get(&self, iid: u16) -> Option<&ServerInstance> {
+        self.instances.get(&iid)
+    }
+
+    /// Puts `inst` at `iid`, replacing what was there, with the checks of [`Self::insert`]
+    /// against the other instances.
+    pub fn replace(&mut self, iid: u16, inst: ServerInstance) -> Result<(), InstanceError> {
+        let old = self.instances.remove(&iid);
+        match self.insert(iid, inst) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(old) = old {
+                    self.instances.insert(iid, old);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The declared type of resource `rid`, if the object has it.
+    pub fn resource_kind(rid: u16) -> Option<K> {
+        RESOURCES.iter().find(|d| d.rid == rid).map(|d| d.kind)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u16, &ServerInstance)> {
