@@ -252,6 +252,44 @@ typedef struct estuary_dtls_handshake_timeouts_t {
 } estuary_dtls_handshake_timeouts_t;
 
 /**
+ * EST certificate renewal (SPEC 4.4). Re-enrollment starts at
+ * max(P + nominal_usage * (E - P), E - max_margin), where P is when the certificate was
+ * provisioned and E its notAfter; failed attempts are retried sren_attempts_count times,
+ * spread evenly up to E. When all fail or the certificate expires, the client purges the
+ * EST credential and bootstraps again.
+ */
+typedef struct estuary_est_reenroll_config_t {
+    /**
+     * Re-enroll at all.
+     */
+    bool enable;
+    /**
+     * Fraction of the validity after which re-enrollment starts; clamped to [0, 1], NaN
+     * counts as 0.
+     */
+    double nominal_usage;
+    /**
+     * Start at the latest this long before expiry; zero or negative: no limit.
+     */
+    struct estuary_time_duration_t max_margin;
+    /**
+     * Retries after a failed first attempt.
+     */
+    uint32_t sren_attempts_count;
+    /**
+     * Make a new key pair for each re-enrollment (committed only when the new certificate
+     * arrives).
+     */
+    bool rekey;
+} estuary_est_reenroll_config_t;
+
+/**
+ * When `/est/crts` is requested and what its certificates are trusted for: one of the
+ * ESTUARY_EST_CACERTS_* constants (SPEC 4.3).
+ */
+typedef int estuary_est_cacerts_policy_t;
+
+/**
  * Configuration for estuary_new(). Fill it with a designated initializer; every field
  * left zero or NULL takes the default stated below. estuary_new() copies what it needs,
  * so the struct and everything it points to may be freed when it returns.
@@ -297,6 +335,19 @@ typedef struct estuary_configuration_t {
      * Certificate Usage 0 and 1). Zeroed (default): none. Read by estuary_new().
      */
     struct estuary_certificate_chain_info_t trust_store_certs;
+    /**
+     * Send Observe notifications as confirmable messages. false (default): non-confirmable.
+     */
+    bool confirmable_notifications;
+    /**
+     * EST re-enrollment. NULL (default): {true, 0.9, 30 days, 10, false}.
+     */
+    const struct estuary_est_reenroll_config_t *est_reenroll_config;
+    /**
+     * One of ESTUARY_EST_CACERTS_*. 0 (default):
+     * ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
+     */
+    estuary_est_cacerts_policy_t est_cacerts_policy;
 } estuary_configuration_t;
 
 /**
@@ -572,6 +623,36 @@ typedef int (*estuary_stream_write_cb_t)(void *arg, const uint8_t *data, size_t 
 #define ESTUARY_CHAIN_SOURCE_BUFFER 3
 
 /**
+ * 0: the default, ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
+ */
+#define ESTUARY_EST_CACERTS_DEFAULT 0
+
+/**
+ * Never requested; trust comes from /0/x/4 and trust_store_certs.
+ */
+#define ESTUARY_EST_CACERTS_DISABLED 1
+
+/**
+ * Requested when an account is in mode 4; used to verify the servers of mode-4 accounts.
+ */
+#define ESTUARY_EST_CACERTS_FOR_EST_SECURITY 2
+
+/**
+ * As above, and for the bootstrap server's connection in Certificate or EST mode.
+ */
+#define ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP 3
+
+/**
+ * Requested when an account is in mode 4; trusted for every certificate-based connection.
+ */
+#define ESTUARY_EST_CACERTS_IF_EST_CONFIGURED 4
+
+/**
+ * Requested after every successful bootstrap; trusted for every certificate connection.
+ */
+#define ESTUARY_EST_CACERTS_ALWAYS 5
+
+/**
  * "No ID": as the input of an *_add_instance() call, "choose the lowest free ID".
  */
 #define ESTUARY_ID_INVALID 65535
@@ -718,6 +799,14 @@ int estuary_event_loop_interrupt(struct estuary_t *estuary);
  * has started, or ESTUARY_ERR_INVALID_ARGUMENT when no server has that SSID.
  */
 int estuary_schedule_registration_update(struct estuary_t *estuary, estuary_ssid_t ssid);
+
+/**
+ * Starts a bootstrap at once: a Bootstrap-Request to the Bootstrap-Server account, whose
+ * configuration then replaces the management accounts. Returns 0, ESTUARY_ERR_STATE before
+ * the event loop has started, or ESTUARY_ERR_CONFIG when there is no usable
+ * Bootstrap-Server account.
+ */
+int estuary_schedule_bootstrap_request(struct estuary_t *estuary);
 
 /**
  * Installs the Security object (/0), empty. Calling it again does nothing. Returns 0.

@@ -6,6 +6,8 @@
 //!
 //! It never reads a clock or touches a socket; `io::Driver` and the simulator do.
 
+mod provisioning;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use log::{debug, info, warn};
@@ -15,11 +17,13 @@ use crate::crypto::{Drbg, TrustStore};
 use crate::dm::{link, DataModel, Object, Path};
 use crate::dtls::HandshakeTimers;
 use crate::error::Error;
+use crate::est::{CacertsPolicy, ReenrollConfig};
 use crate::lwm2m::registration::{RegistrationParams, SessionEvent};
 use crate::lwm2m::server_dm::ServerDm;
-use crate::lwm2m::transport::{ChannelEvent, ChannelSecurity, SecureChannel};
+use crate::lwm2m::transport::{ChannelEvent, SecureChannel};
 use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
 use crate::rng::RandomSource;
+use crate::time::UtcTime;
 use crate::time::{Instant, Now};
 
 /// The largest datagram a DTLS connection takes: a full 16 KiB record plus its header and
@@ -62,6 +66,23 @@ pub enum Event {
     },
     /// The server executed Reboot (/3/0/4).
     RebootRequested,
+    /// The Bootstrap-Server's configuration was accepted (Bootstrap-Finish answered 2.04).
+    BootstrapFinished,
+    /// A bootstrap attempt failed; another follows after the back-off.
+    BootstrapFailed {
+        reason: String,
+    },
+    /// EST gave us a certificate (`reenrollment`: through `/est/sren`).
+    EstEnrolled {
+        reenrollment: bool,
+        serial: String,
+        not_after: UtcTime,
+    },
+    /// An EST exchange failed; the previous credential (if any) stays in use.
+    EstFailed {
+        operation: String,
+        reason: String,
+    },
     /// A connection is no longer used; the driver may close its socket.
     ConnectionClosed {
         conn: ConnectionId,
@@ -98,6 +119,10 @@ pub struct ClientConfig {
     pub trust_store_certs: TrustStore,
     /// Send Observe notifications as confirmable messages (default: non-confirmable).
     pub confirmable_notifications: bool,
+    /// When and how the EST certificate is renewed.
+    pub est_reenroll: ReenrollConfig,
+    /// When `/est/crts` is fetched and what its certificates are trusted for.
+    pub est_cacerts_policy: CacertsPolicy,
 }
 
 impl ClientConfig {
@@ -117,6 +142,8 @@ impl ClientConfig {
             udp_dtls_hs_tx_params: HandshakeTimers::default(),
             trust_store_certs: TrustStore::new(),
             confirmable_notifications: false,
+            est_reenroll: ReenrollConfig::default(),
+            est_cacerts_policy: CacertsPolicy::default(),
         }
     }
 
@@ -164,6 +191,11 @@ pub struct Client {
     next_conn_poll: usize,
     /// Attributes and observations per server (SSID).
     server_dm: BTreeMap<u16, ServerDm>,
+    /// The Bootstrap-Server connection, while bootstrap or EST needs it.
+    bootstrap: Option<provisioning::BootstrapLink>,
+    est: provisioning::EstRuntime,
+    /// Datagrams of connections being replaced (their close_notify), sent before others.
+    pending_raw: VecDeque<(ConnectionId, Vec<u8>)>,
 }
 
 impl Client {
@@ -196,6 +228,9 @@ impl Client {
             shutting_down: false,
             next_conn_poll: 0,
             server_dm: BTreeMap::new(),
+            bootstrap: None,
+            est: provisioning::EstRuntime::default(),
+            pending_raw: VecDeque::new(),
         })
     }
 
@@ -227,32 +262,53 @@ impl Client {
         })
     }
 
-    /// Opens a session for every management-server account of the Security object that has
-    /// a matching Server instance, and starts registering. Accounts that cannot be used are
-    /// logged and skipped.
+    /// Starts the client: registers with every management server whose account is usable,
+    /// or, when there is none and a Bootstrap-Server account exists, bootstraps first.
     pub fn start(&mut self, now: Now) -> Result<(), Error> {
         if self.started {
             return Ok(());
         }
         self.last_now = now;
+        if let Err(why) = self.open_sessions(now) {
+            if !self.has_bootstrap_account() {
+                return Err(Error::Config(why));
+            }
+            info!("{why}; bootstrapping");
+            self.begin_bootstrap(now, false).map_err(Error::Config)?;
+        }
+        self.started = true;
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Opens a session for every management-server account of the Security object that has
+    /// a matching Server instance. Accounts that cannot be used are logged and skipped; it
+    /// is an error when none is left.
+    fn open_sessions(&mut self, now: Now) -> Result<(), String> {
         let mut sessions = Vec::new();
         let mut channels = Vec::new();
         let mut refused = Vec::new();
-        for (iid, sec) in self.dm.security.management_accounts() {
+        let accounts: Vec<(u16, crate::dm::objects::SecurityInstance)> = self
+            .dm
+            .security
+            .management_accounts()
+            .map(|(i, s)| (i, s.clone()))
+            .collect();
+        for (iid, sec) in accounts {
             let Some(ssid) = sec.ssid else { continue };
             if self.dm.server.by_ssid(ssid).is_none() {
                 warn!("security instance {iid} (ssid={ssid}) has no Server instance; skipped");
                 continue;
             }
-            let uri = ServerUri::parse(&sec.server_uri)?;
-            let security = match ChannelSecurity::from_instance(
-                sec,
-                &uri,
-                &self.cfg.trust_store_certs,
-                self.cfg.udp_dtls_hs_tx_params,
-                &self.drbg,
-            ) {
-                Ok(s) => s,
+            let uri = match ServerUri::parse(&sec.server_uri) {
+                Ok(u) => u,
+                Err(e) => {
+                    refused.push(format!("ssid={ssid}: {e}"));
+                    continue;
+                }
+            };
+            let channel = match self.channel_for(&sec, &uri) {
+                Ok(c) => c,
                 Err(e) => {
                     warn!(
                         "ssid={ssid}: security instance {iid} cannot be used: {e}; account skipped"
@@ -261,13 +317,14 @@ impl Client {
                     continue;
                 }
             };
-            channels.push(SecureChannel::new(security));
-            let endpoint = Endpoint::new(
+            channels.push(channel);
+            let mut endpoint = Endpoint::new(
                 self.cfg.udp_tx_params,
                 self.cfg.out_buffer_size,
                 self.cfg.msg_cache_size,
                 self.rng.as_mut(),
             );
+            endpoint.set_in_buffer_size(self.cfg.in_buffer_size);
             sessions.push(ServerSession::new(ssid, uri, endpoint, now.mono));
         }
         if sessions.is_empty() {
@@ -276,14 +333,22 @@ impl Client {
             } else {
                 format!(": {}", refused.join("; "))
             };
-            return Err(Error::Config(format!(
+            return Err(format!(
                 "no usable management-server account (Security + Server instances){why}"
-            )));
+            ));
+        }
+        for old in self.sessions.drain(..) {
+            if !sessions
+                .iter()
+                .any(|s: &ServerSession| s.ssid == old.ssid && s.uri == old.uri)
+            {
+                self.events.push_back(Event::ConnectionClosed {
+                    conn: Self::conn_of(old.ssid),
+                });
+            }
         }
         self.sessions = sessions;
         self.channels = channels;
-        self.started = true;
-        self.drive(now);
         Ok(())
     }
 
@@ -306,6 +371,9 @@ impl Client {
 
     /// The server a connection talks to (for the driver to resolve and open a socket).
     pub fn connection_uri(&self, conn: ConnectionId) -> Option<&ServerUri> {
+        if conn == ConnectionId::BOOTSTRAP {
+            return self.bootstrap.as_ref().map(|b| &b.session.uri);
+        }
         self.sessions
             .iter()
             .find(|s| Self::conn_of(s.ssid) == conn)
@@ -314,9 +382,9 @@ impl Client {
 
     /// All open connections.
     pub fn connections(&self) -> Vec<ConnectionId> {
-        self.sessions
-            .iter()
-            .map(|s| Self::conn_of(s.ssid))
+        let boot = self.bootstrap.as_ref().map(|_| ConnectionId::BOOTSTRAP);
+        boot.into_iter()
+            .chain(self.sessions.iter().map(|s| Self::conn_of(s.ssid)))
             .collect()
     }
 
@@ -360,6 +428,9 @@ impl Client {
     /// with a debug log line and change nothing.
     pub fn handle_datagram(&mut self, now: Now, conn: ConnectionId, data: &[u8]) {
         self.last_now = now;
+        if conn == ConnectionId::BOOTSTRAP {
+            return self.handle_bootstrap_datagram(now, data);
+        }
         let Some(i) = self
             .sessions
             .iter()
@@ -400,11 +471,38 @@ impl Client {
         }
     }
 
+    fn handle_bootstrap_datagram(&mut self, now: Now, data: &[u8]) {
+        let in_limit = self.cfg.in_buffer_size;
+        let Some(b) = self.bootstrap.as_mut() else {
+            debug!("dropping datagram for the closed bootstrap connection");
+            return;
+        };
+        let limit = if b.channel.is_secure() {
+            MAX_DTLS_DATAGRAM
+        } else {
+            in_limit
+        };
+        if data.len() > limit {
+            debug!("dropping {}-byte datagram larger than {limit}", data.len());
+            return;
+        }
+        for d in b.channel.handle_datagram(now, data) {
+            if d.len() <= in_limit {
+                let _ = b.session.endpoint.handle_datagram(now.mono, &d);
+            }
+        }
+        self.take_channel_events();
+        self.drive(now);
+    }
+
     /// Runs timers that are due.
     pub fn handle_timeout(&mut self, now: Now) {
         self.last_now = now;
         for c in &mut self.channels {
             c.handle_timeout(now);
+        }
+        if let Some(b) = self.bootstrap.as_mut() {
+            b.channel.handle_timeout(now);
         }
         self.take_channel_events();
         self.drive(now);
@@ -415,6 +513,32 @@ impl Client {
     /// applies its retry and back-off. True if anything happened.
     fn take_channel_events(&mut self) -> bool {
         let mut any = false;
+        if let Some(b) = self.bootstrap.as_mut() {
+            while let Some(ev) = b.channel.poll_event() {
+                any = true;
+                match ev {
+                    ChannelEvent::Established { suite, .. } => {
+                        info!("bootstrap: DTLS session established ({suite})");
+                    }
+                    ChannelEvent::HandshakeFailed(e) => {
+                        warn!(
+                            "bootstrap: DTLS handshake with {} failed: {e}",
+                            b.session.uri
+                        );
+                        // The exchanges waiting for it fail, so their retries apply.
+                        b.session.endpoint.cancel_all();
+                        let ev = b.session.report_failure(
+                            self.last_now.mono,
+                            format!("DTLS handshake failed: {e}"),
+                        );
+                        if let crate::lwm2m::BootstrapEvent::Failed { reason, .. } = ev {
+                            self.events.push_back(Event::BootstrapFailed { reason });
+                        }
+                    }
+                    ChannelEvent::Closed(reason) => debug!("bootstrap: DTLS closed ({reason})"),
+                }
+            }
+        }
         for i in 0..self.channels.len() {
             let ssid = self.sessions[i].ssid;
             while let Some(ev) = self.channels[i].poll_event() {
@@ -470,6 +594,9 @@ impl Client {
 
     fn drive(&mut self, now: Now) {
         self.apply_server_actions(now);
+        if !self.shutting_down {
+            self.drive_bootstrap(now);
+        }
         let links = link::registration_payload(&self.dm);
         let mut handled_requests = false;
         for i in 0..self.sessions.len() {
@@ -535,6 +662,7 @@ impl Client {
         if self.dm.device.take_reboot_request() {
             self.events.push_back(Event::RebootRequested);
         }
+        self.check_bootstrap_fallback(now);
     }
 
     fn server_dm_mut(&mut self, ssid: u16) -> &mut ServerDm {
@@ -644,8 +772,22 @@ impl Client {
 
     /// The next datagram to send, taking connections in turn.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let n = self.sessions.len();
+        if let Some((conn, data)) = self.pending_raw.pop_front() {
+            return Some(Transmit { conn, data });
+        }
         let now = self.last_now;
+        if let Some(b) = self.bootstrap.as_mut() {
+            while let Some(coap) = b.session.endpoint.poll_transmit() {
+                b.channel.send(now, coap);
+            }
+            if let Some(data) = b.channel.poll_transmit() {
+                return Some(Transmit {
+                    conn: ConnectionId::BOOTSTRAP,
+                    data,
+                });
+            }
+        }
+        let n = self.sessions.len();
         for k in 0..n {
             let i = (self.next_conn_poll + k) % n;
             while let Some(coap) = self.sessions[i].endpoint.poll_transmit() {
@@ -696,6 +838,7 @@ impl Client {
             .filter_map(|s| s.poll_timeout())
             .chain(self.channels.iter().filter_map(SecureChannel::poll_timeout))
             .chain(notify)
+            .chain(self.bootstrap_deadline())
             .min()
     }
 

@@ -37,12 +37,15 @@ static void log_handler(estuary_log_level_t level, const char *module,
 
 static void usage(const char *prog) {
     fprintf(stderr,
-            "usage: %s -e ENDPOINT [-u SERVER_URI] [-l LIFETIME]\n"
+            "usage: %s -e ENDPOINT [-u SERVER_URI] [-b] [-l LIFETIME]\n"
             "          [-i PSK_IDENTITY -k PSK_HEX_KEY | -C CERT -K KEY -S SERVER_CERT] [-h]\n"
             "  -e ENDPOINT    endpoint client name (required)\n"
             "  -u SERVER_URI  LwM2M server URI (default coap://127.0.0.1:5683;\n"
             "                 coaps://... with -i/-k or -C/-K/-S)\n"
-            "  -l LIFETIME    registration lifetime in seconds (default 60)\n"
+            "  -b             SERVER_URI is a Bootstrap-Server: the management account\n"
+            "                 comes from it (default port 5693, coaps 5694)\n"
+            "  -l LIFETIME    registration lifetime in seconds (default 60; with -b\n"
+            "                 the Bootstrap-Server decides)\n"
             "  -i IDENTITY    PSK mode: the PSK identity\n"
             "  -k HEXKEY      PSK mode: the key, in hex\n"
             "  -C CERT        Certificate mode: our certificate file (PEM or DER)\n"
@@ -118,12 +121,13 @@ static uint8_t *parse_hex(const char *hex, size_t *out_size) {
 
 int main(int argc, char **argv) {
     const char *endpoint = NULL;
-    const char *uri = "coap://127.0.0.1:5683";
+    const char *uri = NULL;
+    bool bootstrap = false;
     long lifetime = 60;
     const char *psk_identity = NULL, *psk_hex = NULL;
     const char *cert_path = NULL, *key_path = NULL, *server_cert_path = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "e:u:l:i:k:C:K:S:h")) != -1) {
+    while ((opt = getopt(argc, argv, "e:u:bl:i:k:C:K:S:h")) != -1) {
         switch (opt) {
         case 'i':
             psk_identity = optarg;
@@ -146,6 +150,9 @@ int main(int argc, char **argv) {
         case 'u':
             uri = optarg;
             break;
+        case 'b':
+            bootstrap = true;
+            break;
         case 'l': {
             char *end = NULL;
             lifetime = strtol(optarg, &end, 10);
@@ -166,6 +173,9 @@ int main(int argc, char **argv) {
     if (!endpoint) {
         usage(argv[0]);
         return 2;
+    }
+    if (!uri) {
+        uri = bootstrap ? "coap://127.0.0.1:5693" : "coap://127.0.0.1:5683";
     }
     const bool psk_mode = psk_identity || psk_hex;
     const bool cert_mode = cert_path || key_path || server_cert_path;
@@ -230,7 +240,7 @@ int main(int argc, char **argv) {
     const estuary_security_instance_t security = {
         .ssid = 1,
         .server_uri = uri,
-        .bootstrap_server = false,
+        .bootstrap_server = bootstrap,
         .security_mode = mode,
         .client_holdoff_s = -1,
         .bootstrap_timeout_s = -1,
@@ -262,8 +272,10 @@ int main(int argc, char **argv) {
             || estuary_security_object_add_instance(g_estuary, &security,
                                                     &security_iid)
             || estuary_server_object_install(g_estuary)
-            || estuary_server_object_add_instance(g_estuary, &server,
-                                                  &server_iid)
+            /* With -b, the Bootstrap-Server writes the Server instance. */
+            || (!bootstrap
+                && estuary_server_object_add_instance(g_estuary, &server,
+                                                      &server_iid))
             || estuary_device_object_install(g_estuary, &device)) {
         fprintf(stderr, "could not install the objects\n");
         goto finish;

@@ -63,18 +63,6 @@ impl CacertsPolicy {
             CacertsPolicy::IfEstConfigured | CacertsPolicy::Always => true,
         }
     }
-
-    /// From the C constant (`ESTUARY_EST_CACERTS_*`, 0..=4 in the order of SPEC 4.3).
-    pub fn from_c(v: i32) -> Option<Self> {
-        Some(match v {
-            0 => CacertsPolicy::Disabled,
-            1 => CacertsPolicy::ForEstSecurity,
-            2 => CacertsPolicy::ForEstSecurityAndBootstrap,
-            3 => CacertsPolicy::IfEstConfigured,
-            4 => CacertsPolicy::Always,
-            _ => return None,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -110,8 +98,5 @@ mod tests {
             );
         }
         assert_eq!(CacertsPolicy::default(), ForEstSecurityAndBootstrap);
-        assert_eq!(CacertsPolicy::from_c(4), Some(Always));
-        assert_eq!(CacertsPolicy::from_c(5), None);
-        assert_eq!(CacertsPolicy::from_c(-1), None);
     }
 }

@@ -12,6 +12,7 @@ use crate::client::ClientConfig;
 use crate::coap::TxParams;
 use crate::crypto::{Certificate, TrustStore};
 use crate::dtls::HandshakeTimers;
+use crate::est::{CacertsPolicy, ReenrollConfig};
 use crate::io::DriverConfig;
 
 /// CoAP transmission parameters over UDP (RFC 7252 section 4.8). Unlike the configuration
@@ -216,6 +217,86 @@ pub extern "C" fn estuary_certificate_chain_info_from_buffer(
     })
 }
 
+/// EST certificate renewal (SPEC 4.4). Re-enrollment starts at
+/// max(P + nominal_usage * (E - P), E - max_margin), where P is when the certificate was
+/// provisioned and E its notAfter; failed attempts are retried sren_attempts_count times,
+/// spread evenly up to E. When all fail or the certificate expires, the client purges the
+/// EST credential and bootstraps again.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct estuary_est_reenroll_config_t {
+    /// Re-enroll at all.
+    pub enable: bool,
+    /// Fraction of the validity after which re-enrollment starts; clamped to [0, 1], NaN
+    /// counts as 0.
+    pub nominal_usage: f64,
+    /// Start at the latest this long before expiry; zero or negative: no limit.
+    pub max_margin: estuary_time_duration_t,
+    /// Retries after a failed first attempt.
+    pub sren_attempts_count: u32,
+    /// Make a new key pair for each re-enrollment (committed only when the new certificate
+    /// arrives).
+    pub rekey: bool,
+}
+
+/// When `/est/crts` is requested and what its certificates are trusted for: one of the
+/// ESTUARY_EST_CACERTS_* constants (SPEC 4.3).
+pub type estuary_est_cacerts_policy_t = c_int;
+/// 0: the default, ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
+pub const ESTUARY_EST_CACERTS_DEFAULT: estuary_est_cacerts_policy_t = 0;
+/// Never requested; trust comes from /0/x/4 and trust_store_certs.
+pub const ESTUARY_EST_CACERTS_DISABLED: estuary_est_cacerts_policy_t = 1;
+/// Requested when an account is in mode 4; used to verify the servers of mode-4 accounts.
+pub const ESTUARY_EST_CACERTS_FOR_EST_SECURITY: estuary_est_cacerts_policy_t = 2;
+/// As above, and for the bootstrap server's connection in Certificate or EST mode.
+pub const ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP: estuary_est_cacerts_policy_t = 3;
+/// Requested when an account is in mode 4; trusted for every certificate-based connection.
+pub const ESTUARY_EST_CACERTS_IF_EST_CONFIGURED: estuary_est_cacerts_policy_t = 4;
+/// Requested after every successful bootstrap; trusted for every certificate connection.
+pub const ESTUARY_EST_CACERTS_ALWAYS: estuary_est_cacerts_policy_t = 5;
+
+impl estuary_est_reenroll_config_t {
+    fn to_config(self) -> Result<ReenrollConfig, Refusal> {
+        if !self.max_margin.is_valid() {
+            return Err(Refusal::invalid(
+                "est_reenroll_config->max_margin is not a valid duration",
+            ));
+        }
+        let m = self.max_margin;
+        let positive = m.seconds > 0 || (m.seconds == 0 && m.nanoseconds > 0);
+        let max_margin = if positive {
+            Some(m.to_duration("est_reenroll_config->max_margin")?)
+        } else {
+            None
+        };
+        Ok(ReenrollConfig {
+            enable: self.enable,
+            nominal_usage: self.nominal_usage,
+            max_margin,
+            sren_attempts_count: self.sren_attempts_count,
+            rekey: self.rekey,
+        })
+    }
+}
+
+fn cacerts_policy(v: estuary_est_cacerts_policy_t) -> Result<CacertsPolicy, Refusal> {
+    Ok(match v {
+        ESTUARY_EST_CACERTS_DEFAULT => CacertsPolicy::default(),
+        ESTUARY_EST_CACERTS_DISABLED => CacertsPolicy::Disabled,
+        ESTUARY_EST_CACERTS_FOR_EST_SECURITY => CacertsPolicy::ForEstSecurity,
+        ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP => {
+            CacertsPolicy::ForEstSecurityAndBootstrap
+        }
+        ESTUARY_EST_CACERTS_IF_EST_CONFIGURED => CacertsPolicy::IfEstConfigured,
+        ESTUARY_EST_CACERTS_ALWAYS => CacertsPolicy::Always,
+        other => {
+            return Err(Refusal::invalid(format!(
+                "est_cacerts_policy {other} is not an ESTUARY_EST_CACERTS_* value"
+            )))
+        }
+    })
+}
+
 /// Configuration for estuary_new(). Fill it with a designated initializer; every field
 /// left zero or NULL takes the default stated below. estuary_new() copies what it needs,
 /// so the struct and everything it points to may be freed when it returns.
@@ -244,6 +325,13 @@ pub struct estuary_configuration_t {
     /// Trust anchors for server certificates besides the Security object's /0/x/4 (used with
     /// Certificate Usage 0 and 1). Zeroed (default): none. Read by estuary_new().
     pub trust_store_certs: estuary_certificate_chain_info_t,
+    /// Send Observe notifications as confirmable messages. false (default): non-confirmable.
+    pub confirmable_notifications: bool,
+    /// EST re-enrollment. NULL (default): {true, 0.9, 30 days, 10, false}.
+    pub est_reenroll_config: *const estuary_est_reenroll_config_t,
+    /// One of ESTUARY_EST_CACERTS_*. 0 (default):
+    /// ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
+    pub est_cacerts_policy: estuary_est_cacerts_policy_t,
 }
 
 fn or_default(v: usize, default: usize) -> usize {
@@ -319,6 +407,14 @@ impl estuary_configuration_t {
         // SAFETY: forwarded from the caller.
         let trust_store_certs =
             unsafe { self.trust_store_certs.load("config->trust_store_certs") }?;
+        let est_reenroll = if self.est_reenroll_config.is_null() {
+            ReenrollConfig::default()
+        } else {
+            // SAFETY: non-NULL, valid per the caller.
+            unsafe { arg_ref(self.est_reenroll_config, "config->est_reenroll_config") }?
+                .to_config()?
+        };
+        let est_cacerts_policy = cacerts_policy(self.est_cacerts_policy)?;
         let client = ClientConfig {
             endpoint_name,
             in_buffer_size: or_default(self.in_buffer_size, ClientConfig::DEFAULT_IN_BUFFER_SIZE),
@@ -330,7 +426,9 @@ impl estuary_configuration_t {
             udp_tx_params,
             udp_dtls_hs_tx_params,
             trust_store_certs,
-            confirmable_notifications: false,
+            confirmable_notifications: self.confirmable_notifications,
+            est_reenroll,
+            est_cacerts_policy,
         };
         Ok(DriverConfig {
             client,
@@ -356,6 +454,9 @@ mod tests {
             prng_seed: 0,
             udp_dtls_hs_tx_params: std::ptr::null(),
             trust_store_certs: estuary_certificate_chain_info_t::EMPTY,
+            confirmable_notifications: false,
+            est_reenroll_config: std::ptr::null(),
+            est_cacerts_policy: 0,
         }
     }
 
@@ -516,6 +617,67 @@ mod tests {
         assert_eq!(
             load(&c).map_err(|r| r.code).err(),
             Some(ESTUARY_ERR_INVALID_ARGUMENT)
+        );
+    }
+
+    #[test]
+    fn ffi_config_est_fields() {
+        let mut c = zeroed();
+        c.endpoint_name = c"dev".as_ptr();
+        // SAFETY: all pointers are NULL or live locals.
+        let d = unsafe { c.to_driver_config() }.map_err(|r| r.code).unwrap();
+        assert_eq!(d.client.est_reenroll, ReenrollConfig::default());
+        assert_eq!(
+            d.client.est_cacerts_policy,
+            CacertsPolicy::ForEstSecurityAndBootstrap
+        );
+
+        let re = estuary_est_reenroll_config_t {
+            enable: true,
+            nominal_usage: 0.8,
+            max_margin: estuary_time_duration_t {
+                seconds: 7 * 86_400,
+                nanoseconds: 0,
+            },
+            sren_attempts_count: 3,
+            rekey: true,
+        };
+        c.est_reenroll_config = &re;
+        c.est_cacerts_policy = ESTUARY_EST_CACERTS_FOR_EST_SECURITY;
+        // SAFETY: as above.
+        let d = unsafe { c.to_driver_config() }.map_err(|r| r.code).unwrap();
+        assert_eq!(
+            d.client.est_reenroll.max_margin,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert!(d.client.est_reenroll.rekey);
+        assert_eq!(d.client.est_cacerts_policy, CacertsPolicy::ForEstSecurity);
+
+        // A zero or negative margin means "no limit"; a broken duration is refused.
+        let mut no_limit = re;
+        no_limit.max_margin.seconds = -5;
+        c.est_reenroll_config = &no_limit;
+        // SAFETY: as above.
+        let d = unsafe { c.to_driver_config() }.map_err(|r| r.code).unwrap();
+        assert_eq!(d.client.est_reenroll.max_margin, None);
+        let mut broken = re;
+        broken.max_margin.nanoseconds = -1;
+        c.est_reenroll_config = &broken;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { c.to_driver_config() }
+                .map(|_| ())
+                .map_err(|r| r.code),
+            Err(ESTUARY_ERR_INVALID_ARGUMENT)
+        );
+        c.est_reenroll_config = std::ptr::null();
+        c.est_cacerts_policy = 6;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { c.to_driver_config() }
+                .map(|_| ())
+                .map_err(|r| r.code),
+            Err(ESTUARY_ERR_INVALID_ARGUMENT)
         );
     }
 }

@@ -240,6 +240,29 @@ pub unsafe extern "C" fn estuary_schedule_registration_update(
     })
 }
 
+/// Starts a bootstrap at once: a Bootstrap-Request to the Bootstrap-Server account, whose
+/// configuration then replaces the management accounts. Returns 0, ESTUARY_ERR_STATE before
+/// the event loop has started, or ESTUARY_ERR_CONFIG when there is no usable
+/// Bootstrap-Server account.
+#[no_mangle]
+pub unsafe extern "C" fn estuary_schedule_bootstrap_request(estuary: *mut estuary_t) -> c_int {
+    ffi_boundary!({
+        // SAFETY: a handle from estuary_new() per the C caller.
+        unsafe {
+            with_estuary(estuary, |inner| {
+                if !inner.driver.is_started() {
+                    return Err(Refusal::new(
+                        ESTUARY_ERR_STATE,
+                        "the event loop has not started yet",
+                    ));
+                }
+                inner.driver.schedule_bootstrap_request()?;
+                Ok(0)
+            })
+        }
+    })
+}
+
 /// A reboot callback and its argument, movable into the driver's event handler.
 pub(crate) struct RebootCallback {
     pub(crate) cb: unsafe extern "C" fn(arg: *mut c_void),
@@ -374,6 +397,9 @@ mod tests {
             prng_seed: 11,
             udp_dtls_hs_tx_params: std::ptr::null(),
             trust_store_certs: crate::ffi::config::estuary_certificate_chain_info_t::EMPTY,
+            confirmable_notifications: false,
+            est_reenroll_config: std::ptr::null(),
+            est_cacerts_policy: 0,
         };
         // SAFETY: every pointer is NULL or points to a live local for the whole test.
         unsafe {

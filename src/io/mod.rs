@@ -228,6 +228,13 @@ impl Driver {
         true
     }
 
+    /// Starts a bootstrap now (Bootstrap-Request to the Bootstrap-Server account).
+    pub fn schedule_bootstrap_request(&mut self) -> Result<(), Error> {
+        self.client.schedule_bootstrap_request(self.clock.now())?;
+        self.flush();
+        Ok(())
+    }
+
     /// Sends a Registration Update to `ssid` (every server when `None`) now.
     pub fn schedule_registration_update(&mut self, ssid: Option<u16>) -> Result<(), Error> {
         self.client

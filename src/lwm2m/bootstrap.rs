@@ -93,6 +93,12 @@ impl BootstrapSession {
         self.failures
     }
 
+    /// Marks the session as already bootstrapped (a connection opened only for EST
+    /// re-enrollment): bootstrap-server requests on it are refused.
+    pub fn mark_finished(&mut self) {
+        self.state = BootstrapState::Finished;
+    }
+
     /// Starts a new bootstrap (server-initiated trigger, fallback after registration
     /// failure, or the application's request): the request goes out after the hold-off
     /// time, or at once when `immediately`.
@@ -126,6 +132,12 @@ impl BootstrapSession {
             }
             Err(e) => Some(self.fail(now, format!("Bootstrap-Request could not be sent: {e}"))),
         }
+    }
+
+    /// Ends the attempt as failed for a reason outside the session (EST after Finish failed,
+    /// a handshake was refused): the next request goes out after the back-off.
+    pub fn report_failure(&mut self, now: Instant, reason: String) -> BootstrapEvent {
+        self.fail(now, reason)
     }
 
     fn fail(&mut self, now: Instant, reason: String) -> BootstrapEvent {

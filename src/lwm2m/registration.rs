@@ -113,6 +113,22 @@ impl ServerSession {
         )
     }
 
+    /// Starts over: forgets the registration (the connection under it is new) and sends a
+    /// Register at once.
+    pub fn restart(&mut self, now: Instant) {
+        self.endpoint.cancel_all();
+        self.registered = None;
+        self.pending = None;
+        self.failures = 0;
+        self.update_requested = false;
+        self.state = RegistrationState::Idle { retry_at: now };
+    }
+
+    /// Registration attempts that failed in a row (0 once registered).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// How long before expiry an Update is sent: half the lifetime for short lifetimes,
     /// otherwise MAX_TRANSMIT_WAIT, so even a fully retransmitted Update lands in time.
     pub fn update_margin(&self, lifetime: u32) -> Duration {

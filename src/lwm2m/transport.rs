@@ -35,7 +35,7 @@ pub const DEFAULT_CERTIFICATE_USAGE: u8 = 3;
 pub enum SecurityConfigError {
     #[error("security mode 1 (raw public key) is not supported; use PSK (0), Certificate (2) or NoSec (3)")]
     RpkUnsupported,
-    #[error("security mode 4 (certificate with EST) is not supported yet")]
+    #[error("security mode 4 (certificate with EST) has no enrolled certificate to connect with")]
     EstUnsupported,
     #[error("{mode} mode needs a coaps:// server URI, got {uri}")]
     NeedsCoaps { mode: &'static str, uri: String },

@@ -102,6 +102,12 @@ impl SecureListener {
         self.auth.get(&peer).cloned()
     }
 
+    /// The certificate `peer` authenticated with in its established session, if any.
+    pub fn peer_certificate(&self, peer: SocketAddr) -> Option<Certificate> {
+        let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
+        s.peer_certificate().cloned()
+    }
+
     fn session_auth(&self, peer: SocketAddr) -> Option<PeerAuth> {
         let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
         if let Some(cert) = s.peer_certificate() {

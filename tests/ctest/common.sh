@@ -36,7 +36,8 @@ set_coaps_port() {
     sed -i "s/^lwm2m_coaps = .*/lwm2m_coaps = $2/" "$1"
 }
 
-# start_testserver BIN WORKDIR ENDPOINT: init + run in the background; sets LWM2M_PORT,
+# start_testserver BIN WORKDIR ENDPOINT [ARG]: init + run in the background (calling
+# $START_HOOK CONFIG ARG first when set); sets LWM2M_PORT,
 # COAPS_PORT and CONTROL, and waits until the control API answers.
 start_testserver() {
     local bin=$1 ep=$3
@@ -49,6 +50,10 @@ start_testserver() {
     set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
     COAPS_PORT=$(free_port)
     set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
+    # A driver may adjust the state directory before the server starts.
+    if [ -n "${START_HOOK:-}" ]; then
+        "$START_HOOK" "$WORK/state/config.toml" "${4:-}"
+    fi
     "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
     PIDS+=("$!")
     local i
