@@ -1,8 +1,8 @@
 //! Device management through the control API against a real `estuary::Client` over loopback
 //! UDP that carries an IPSO Temperature object (3303) of the test's own: Write and Read
 //! back, Read in SenML JSON/CBOR and LwM2M CBOR, Create and Delete of instances, Discover,
-//! Write-Attributes, and Observe with
-//! notifications as events until the observation is cancelled. Bounded to ~30 s.
+//! Write-Attributes, and Observe with notifications as events until the observation is
+//! cancelled. Bounded to ~30 s.
 
 mod common;
 
