@@ -626,12 +626,18 @@ fn run(
     let signals = signal::Termination::install().map_err(|e| format!("signal handlers: {e}"))?;
     let handle = TestServer::start(cfg).map_err(|e| e.to_string())?;
     println!(
-        "listening lwm2m={} control={}{}",
+        "listening lwm2m={} control={}{}{}{}",
         handle.lwm2m_uri(),
         handle
             .control_addr()
             .map_or("none".to_string(), |a| format!("http://{a}")),
-        events.map_or(String::new(), |e| format!(" events={}", e.display()))
+        events.map_or(String::new(), |e| format!(" events={}", e.display())),
+        handle
+            .bootstrap_uri()
+            .map_or(String::new(), |u| format!(" bootstrap={u}")),
+        handle
+            .lwm2m_coaps_uri()
+            .map_or(String::new(), |u| format!(" coaps={u}"))
     );
     let endpoints: Vec<&String> = config.endpoints.keys().collect();
     if !endpoints.is_empty() {

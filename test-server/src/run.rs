@@ -27,6 +27,7 @@ use estuary::time::{Instant, Now, UtcTime};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::bootstrap_server::{BootstrapEvent, BootstrapServer};
 use crate::coaps::{SecureEvent, SecureListener, SecureListenerConfig};
 use crate::config::Config;
 use crate::events::{rfc3339, EventKind, EventLog, EventRecord, DEFAULT_RING_CAPACITY};
@@ -65,6 +66,9 @@ pub struct TestServerConfig {
     /// LwM2M server over CoAP/DTLS (port 0 = ephemeral) and its credentials; `None` = no
     /// coaps port.
     pub coaps: Option<(SocketAddr, SecureListenerConfig)>,
+    /// Bootstrap server over plain CoAP (port 0 = ephemeral) and the configuration whose
+    /// `[endpoints.NAME]` it provisions; `None` = no bootstrap port.
+    pub bootstrap: Option<(SocketAddr, Config)>,
 }
 
 impl Default for TestServerConfig {
@@ -81,6 +85,7 @@ impl Default for TestServerConfig {
             read_timeout: DEFAULT_READ_TIMEOUT,
             seed: None,
             coaps: None,
+            bootstrap: None,
         }
     }
 }
@@ -113,10 +118,18 @@ impl TestServerConfig {
             }
             _ => None,
         };
+        let mut bootstrap_addr = cfg.bootstrap_coap_addr();
+        // Same rule as coaps: an ephemeral LwM2M port makes the default bootstrap port ephemeral.
+        if cfg.ports.lwm2m_coap == 0
+            && cfg.ports.bootstrap_coap == crate::config::DEFAULT_BOOTSTRAP_COAP_PORT
+        {
+            bootstrap_addr.set_port(0);
+        }
         TestServerConfig {
             lwm2m_addr: cfg.lwm2m_coap_addr(),
             control_addr: Some(cfg.control_addr()),
             coaps,
+            bootstrap: Some((bootstrap_addr, cfg.clone())),
             ..TestServerConfig::default()
         }
     }
@@ -139,6 +152,14 @@ pub enum StartError {
     },
     #[error("setting up DTLS: {0}")]
     Dtls(String),
+    #[error("binding the bootstrap CoAP port {addr}: {source}")]
+    BindBootstrap {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bootstrap provisioning from the state directory: {0}")]
+    Provisioning(String),
     #[error("binding the control API on {addr}: {source}")]
     BindControl {
         addr: SocketAddr,
@@ -209,6 +230,8 @@ enum Command {
     },
     /// A datagram the coaps reader thread received.
     Coaps(SocketAddr, Vec<u8>),
+    /// A datagram the bootstrap reader thread received.
+    Bootstrap(SocketAddr, Vec<u8>),
     /// Any LwM2M operation (the control API's Write, Execute, Observe, ...); `op` names it
     /// for the event log. The reply is the first answer, for an Observe its first value.
     Request {
@@ -397,6 +420,8 @@ struct Lwm2mLoop {
     socket: UdpSocket,
     /// The coaps socket (for sending; a reader thread receives) and its DTLS sessions.
     coaps: Option<(UdpSocket, SecureListener)>,
+    /// The plain bootstrap socket (for sending; a reader thread receives) and its server.
+    bootstrap: Option<(UdpSocket, BootstrapServer)>,
     waker_addr: SocketAddr,
     server: Lwm2mServer,
     clock: Clock,
@@ -428,10 +453,16 @@ impl Lwm2mLoop {
                     secure.handle_timeout(now);
                 }
             }
+            if let Some((_, bs)) = self.bootstrap.as_mut() {
+                if bs.poll_timeout().is_some_and(|t| t <= now.mono) {
+                    bs.handle_timeout(now);
+                }
+            }
             self.flush(now);
             let next = [
                 self.server.poll_timeout(),
                 self.coaps.as_ref().and_then(|(_, s)| s.poll_timeout()),
+                self.bootstrap.as_ref().and_then(|(_, b)| b.poll_timeout()),
             ]
             .into_iter()
             .flatten()
@@ -490,6 +521,13 @@ impl Lwm2mLoop {
                         let _ = reply.send(Err(read_error(e)));
                     }
                 }
+            }
+            Command::Bootstrap(peer, data) => {
+                let now = self.clock.now();
+                if let Some((_, bs)) = self.bootstrap.as_mut() {
+                    bs.handle_datagram(now, peer, &data);
+                }
+                self.flush(now);
             }
             Command::Coaps(peer, data) => {
                 let now = self.clock.now();
@@ -551,6 +589,7 @@ impl Lwm2mLoop {
 
     /// Sends what the core queued and turns its events into log lines and replies.
     fn flush(&mut self, now: Now) {
+        self.flush_bootstrap();
         while let Some((peer, data)) = self.server.poll_transmit() {
             if let Some((_, secure)) = self.coaps.as_mut().filter(|(_, s)| s.has_peer(peer)) {
                 secure.send(now, peer, &data);
@@ -700,9 +739,80 @@ fn client_info(
     }
 }
 
+impl Lwm2mLoop {
+    /// Sends the bootstrap server's datagrams and logs its events.
+    fn flush_bootstrap(&mut self) {
+        let Some((socket, bs)) = self.bootstrap.as_mut() else {
+            return;
+        };
+        while let Some((peer, data)) = bs.poll_transmit() {
+            if let Err(e) = socket.send_to(&data, peer) {
+                debug!("bootstrap send_to {peer}: {e}");
+            }
+        }
+        while let Some(ev) = bs.poll_event() {
+            let kind = bootstrap_event_kind(ev);
+            self.events.record(utc_now(), kind);
+        }
+    }
+}
+
+/// The event-log entry of a bootstrap server event.
+fn bootstrap_event_kind(ev: BootstrapEvent) -> EventKind {
+    use crate::est_server::EstEvent;
+    match ev {
+        BootstrapEvent::Requested { endpoint, peer } => EventKind::BootstrapRequested {
+            ep: endpoint,
+            peer: peer.to_string(),
+        },
+        BootstrapEvent::Step {
+            endpoint, op, code, ..
+        } => EventKind::BootstrapStep {
+            ep: endpoint,
+            op,
+            code,
+        },
+        BootstrapEvent::Finished { endpoint } => EventKind::BootstrapFinished { ep: endpoint },
+        BootstrapEvent::Failed { endpoint, reason } => EventKind::BootstrapFailed {
+            ep: endpoint,
+            reason,
+        },
+        BootstrapEvent::Est { endpoint, event } => match event {
+            EstEvent::CaCerts { .. } => EventKind::Cacerts { ep: endpoint },
+            EstEvent::Enrolled {
+                subject,
+                serial,
+                not_after,
+                reenroll,
+            } => EventKind::Enrolled {
+                ep: endpoint,
+                subject,
+                serial,
+                not_after: crate::events::rfc3339(not_after),
+                reenroll,
+            },
+            EstEvent::Refused { operation, reason } => EventKind::EstRefused {
+                ep: endpoint,
+                operation: operation.to_string(),
+                reason,
+            },
+        },
+    }
+}
+
 /// Receives on the coaps socket and hands datagrams to the server thread, until `stop` is
 /// set or the server thread is gone.
 fn coaps_reader_loop(socket: UdpSocket, ctl: ServerCtl, stop: Arc<AtomicBool>) {
+    reader_loop(socket, ctl, stop, Command::Coaps)
+}
+
+/// Receives on `socket` and hands each datagram to the server thread as `wrap(src, data)`.
+fn reader_loop(
+    socket: UdpSocket,
+    ctl: ServerCtl,
+    stop: Arc<AtomicBool>,
+    wrap: fn(SocketAddr, Vec<u8>) -> Command,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     if let Err(e) = socket.set_read_timeout(Some(MAX_IDLE_WAIT)) {
         warn!("coaps socket timeout: {e}");
@@ -710,7 +820,7 @@ fn coaps_reader_loop(socket: UdpSocket, ctl: ServerCtl, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Acquire) {
         match socket.recv_from(&mut buf) {
             Ok((n, src)) => {
-                if !ctl.send(Command::Coaps(src, buf[..n].to_vec())) {
+                if !ctl.send(wrap(src, buf[..n].to_vec())) {
                     return;
                 }
             }
@@ -795,9 +905,40 @@ impl TestServer {
             }
             None => None,
         };
+        // The bootstrap socket, provisioned with the management addresses as actually bound.
+        let mut bootstrap_addr = None;
+        let mut bootstrap_reader = None;
+        let bootstrap = match cfg.bootstrap {
+            Some((addr, config)) => {
+                let sock = UdpSocket::bind(addr)
+                    .map_err(|source| StartError::BindBootstrap { addr, source })?;
+                bootstrap_addr = Some(sock.local_addr()?);
+                let shown = |a: SocketAddr| SocketAddr::new(loopback_like(a.ip()), a.port());
+                let uris = crate::provision::ManagementUris {
+                    coap: format!("coap://{}", shown(lwm2m_addr)),
+                    coaps: coaps_addr.map_or(String::new(), |a| format!("coaps://{}", shown(a))),
+                };
+                let mut server = BootstrapServer::new(cfg.tx_params, seed.rotate_left(17));
+                for (ep, p) in crate::provision::all(&config, &uris)
+                    .map_err(|e| StartError::Provisioning(e.to_string()))?
+                {
+                    server.provision(&ep, p);
+                }
+                let reader = sock.try_clone()?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let (ctl2, stop2) = (ctl.clone(), stop.clone());
+                let thread = std::thread::Builder::new()
+                    .name("bootstrap-reader".into())
+                    .spawn(move || reader_loop(reader, ctl2, stop2, Command::Bootstrap))?;
+                bootstrap_reader = Some((stop, thread));
+                Some((sock, server))
+            }
+            None => None,
+        };
         let lp = Lwm2mLoop {
             socket,
             coaps,
+            bootstrap,
             waker_addr,
             server: Lwm2mServer::new(cfg.tx_params, seed),
             clock: Clock {
@@ -825,6 +966,8 @@ impl TestServer {
             lwm2m_addr,
             coaps_addr,
             coaps_reader,
+            bootstrap_addr,
+            bootstrap_reader,
             control_addr,
             events,
             ctl,
@@ -839,6 +982,8 @@ pub struct TestServerHandle {
     lwm2m_addr: SocketAddr,
     coaps_addr: Option<SocketAddr>,
     coaps_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    bootstrap_addr: Option<SocketAddr>,
+    bootstrap_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control_addr: Option<SocketAddr>,
     events: Arc<EventLog>,
     ctl: ServerCtl,
@@ -865,6 +1010,16 @@ impl TestServerHandle {
     /// The `coaps://` URI devices register at with PSK or certificates, if served.
     pub fn lwm2m_coaps_uri(&self) -> Option<String> {
         self.coaps_addr.map(|a| format!("coaps://{a}"))
+    }
+
+    /// Where the bootstrap server listens over plain CoAP, if it is served.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_addr
+    }
+
+    /// The `coap://` URI of the bootstrap server, if served.
+    pub fn bootstrap_uri(&self) -> Option<String> {
+        self.bootstrap_addr.map(|a| format!("coap://{a}"))
     }
 
     /// Where the control API listens, if it runs.
@@ -922,10 +1077,13 @@ impl TestServerHandle {
                 warn!("the LwM2M server thread panicked");
             }
         }
-        if let Some((stop, t)) = self.coaps_reader.take() {
+        for (stop, t) in [self.coaps_reader.take(), self.bootstrap_reader.take()]
+            .into_iter()
+            .flatten()
+        {
             stop.store(true, Ordering::Release);
             if t.join().is_err() {
-                warn!("the coaps reader thread panicked");
+                warn!("a reader thread panicked");
             }
         }
     }
