@@ -75,11 +75,23 @@ pub enum EventKind {
         answer: ReadAnswer,
     },
     /// A client sent a Bootstrap-Request.
-    BootstrapRequested { ep: String, peer: String },
+    BootstrapRequested {
+        ep: String,
+        peer: String,
+    },
     /// One bootstrap operation was answered: `op` is e.g. "write /0/1".
-    BootstrapStep { ep: String, op: String, code: String },
-    BootstrapFinished { ep: String },
-    BootstrapFailed { ep: String, reason: String },
+    BootstrapStep {
+        ep: String,
+        op: String,
+        code: String,
+    },
+    BootstrapFinished {
+        ep: String,
+    },
+    BootstrapFailed {
+        ep: String,
+        reason: String,
+    },
     /// The EST CA issued a certificate (`reenroll` for /sren).
     Enrolled {
         ep: String,
@@ -89,7 +101,9 @@ pub enum EventKind {
         reenroll: bool,
     },
     /// The EST CA sent its CA certificates.
-    Cacerts { ep: String },
+    Cacerts {
+        ep: String,
+    },
     /// The EST CA refused a request.
     EstRefused {
         ep: String,
