@@ -626,7 +626,7 @@ fn run(
     let signals = signal::Termination::install().map_err(|e| format!("signal handlers: {e}"))?;
     let handle = TestServer::start(cfg).map_err(|e| e.to_string())?;
     println!(
-        "listening lwm2m={} control={}{}{}{}",
+        "listening lwm2m={} control={}{}{}{}{}",
         handle.lwm2m_uri(),
         handle
             .control_addr()
@@ -635,6 +635,9 @@ fn run(
         handle
             .bootstrap_uri()
             .map_or(String::new(), |u| format!(" bootstrap={u}")),
+        handle
+            .bootstrap_coaps_uri()
+            .map_or(String::new(), |u| format!(" bootstrap_coaps={u}")),
         handle
             .lwm2m_coaps_uri()
             .map_or(String::new(), |u| format!(" coaps={u}"))

@@ -102,6 +102,19 @@ impl SecureListener {
         self.auth.get(&peer).cloned()
     }
 
+    /// The DTLS identity of `peer`'s established session as the EST CA needs it: the
+    /// verified certificate, or the PSK identity.
+    pub fn est_peer_auth(&self, peer: SocketAddr) -> Option<crate::est_server::PeerAuth> {
+        let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
+        if let Some(cert) = s.peer_certificate() {
+            return Some(crate::est_server::PeerAuth::Certificate(Box::new(
+                cert.clone(),
+            )));
+        }
+        s.psk_identity()
+            .map(|id| crate::est_server::PeerAuth::Psk(id.to_vec()))
+    }
+
     fn session_auth(&self, peer: SocketAddr) -> Option<PeerAuth> {
         let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
         if let Some(cert) = s.peer_certificate() {

@@ -69,7 +69,17 @@ pub struct TestServerConfig {
     /// Bootstrap server over plain CoAP (port 0 = ephemeral) and the configuration whose
     /// `[endpoints.NAME]` it provisions; `None` = no bootstrap port.
     pub bootstrap: Option<(SocketAddr, Config)>,
+    /// Bootstrap + EST over CoAP/DTLS (port 0 = ephemeral) and its credentials; `None` = no
+    /// bootstrap coaps port.
+    pub bootstrap_coaps: Option<(SocketAddr, SecureListenerConfig)>,
+    /// Validity of the certificates the EST CA issues (`run --cert-validity`).
+    pub cert_validity: Duration,
+    /// How the EST CA misbehaves (`run --fault`).
+    pub est_faults: Vec<crate::est_server::EstFault>,
 }
+
+/// Certificates EST issues are valid this long unless `run --cert-validity` says otherwise.
+pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for TestServerConfig {
     /// Loopback, ephemeral ports, control API on, no events file.
@@ -86,6 +96,9 @@ impl Default for TestServerConfig {
             seed: None,
             coaps: None,
             bootstrap: None,
+            bootstrap_coaps: None,
+            cert_validity: DEFAULT_CERT_VALIDITY,
+            est_faults: Vec::new(),
         }
     }
 }
@@ -96,12 +109,20 @@ impl TestServerConfig {
     /// is served without coaps, with a warning). With `lwm2m_coap = 0` and the default coaps
     /// port, coaps also takes an ephemeral port ([`TestServerHandle::lwm2m_coaps_addr`]).
     pub fn from_config(cfg: &Config) -> Self {
-        let coaps = match cfg
+        let loaded = cfg
             .state_dir
             .as_deref()
-            .map(crate::init::load_secure_listener)
-        {
+            .map(crate::init::load_secure_listener);
+        let mut bootstrap_coaps = None;
+        let coaps = match loaded {
             Some(Ok(Some(listener))) => {
+                let mut bs_addr = cfg.bootstrap_coaps_addr();
+                if cfg.ports.lwm2m_coap == 0
+                    && cfg.ports.bootstrap_coaps == crate::config::DEFAULT_BOOTSTRAP_COAPS_PORT
+                {
+                    bs_addr.set_port(0);
+                }
+                bootstrap_coaps = Some((bs_addr, listener.clone()));
                 let mut addr = cfg.lwm2m_coaps_addr();
                 // An ephemeral coap port (tests, `run --lwm2m-port 0`) with the default coaps
                 // port: make coaps ephemeral too, so parallel servers do not collide on it.
@@ -130,6 +151,7 @@ impl TestServerConfig {
             control_addr: Some(cfg.control_addr()),
             coaps,
             bootstrap: Some((bootstrap_addr, cfg.clone())),
+            bootstrap_coaps,
             ..TestServerConfig::default()
         }
     }
@@ -232,6 +254,8 @@ enum Command {
     Coaps(SocketAddr, Vec<u8>),
     /// A datagram the bootstrap reader thread received.
     Bootstrap(SocketAddr, Vec<u8>),
+    /// A datagram the bootstrap coaps reader thread received.
+    BootstrapCoaps(SocketAddr, Vec<u8>),
     /// Any LwM2M operation (the control API's Write, Execute, Observe, ...); `op` names it
     /// for the event log. The reply is the first answer, for an Observe its first value.
     Request {
@@ -422,6 +446,8 @@ struct Lwm2mLoop {
     coaps: Option<(UdpSocket, SecureListener)>,
     /// The plain bootstrap socket (for sending; a reader thread receives) and its server.
     bootstrap: Option<(UdpSocket, BootstrapServer)>,
+    /// The bootstrap coaps socket (for sending) and its DTLS sessions.
+    bootstrap_coaps: Option<(UdpSocket, SecureListener)>,
     waker_addr: SocketAddr,
     server: Lwm2mServer,
     clock: Clock,
@@ -458,11 +484,19 @@ impl Lwm2mLoop {
                     bs.handle_timeout(now);
                 }
             }
+            if let Some((_, secure)) = self.bootstrap_coaps.as_mut() {
+                if secure.poll_timeout().is_some_and(|t| t <= now.mono) {
+                    secure.handle_timeout(now);
+                }
+            }
             self.flush(now);
             let next = [
                 self.server.poll_timeout(),
                 self.coaps.as_ref().and_then(|(_, s)| s.poll_timeout()),
                 self.bootstrap.as_ref().and_then(|(_, b)| b.poll_timeout()),
+                self.bootstrap_coaps
+                    .as_ref()
+                    .and_then(|(_, s)| s.poll_timeout()),
             ]
             .into_iter()
             .flatten()
@@ -525,7 +559,23 @@ impl Lwm2mLoop {
             Command::Bootstrap(peer, data) => {
                 let now = self.clock.now();
                 if let Some((_, bs)) = self.bootstrap.as_mut() {
+                    // A plain datagram: whatever DTLS identity this address had is gone.
+                    bs.set_peer_auth(peer, crate::est_server::PeerAuth::None);
                     bs.handle_datagram(now, peer, &data);
+                }
+                self.flush(now);
+            }
+            Command::BootstrapCoaps(peer, data) => {
+                let now = self.clock.now();
+                if let (Some((_, secure)), Some((_, bs))) =
+                    (self.bootstrap_coaps.as_mut(), self.bootstrap.as_mut())
+                {
+                    for coap in secure.handle_datagram(now, peer, &data) {
+                        if let Some(auth) = secure.est_peer_auth(peer) {
+                            bs.set_peer_auth(peer, auth);
+                        }
+                        bs.handle_datagram(now, peer, &coap);
+                    }
                 }
                 self.flush(now);
             }
@@ -745,9 +795,35 @@ impl Lwm2mLoop {
         let Some((socket, bs)) = self.bootstrap.as_mut() else {
             return;
         };
+        let now = self.clock.now();
         while let Some((peer, data)) = bs.poll_transmit() {
+            if let Some((_, secure)) = self
+                .bootstrap_coaps
+                .as_mut()
+                .filter(|(_, s)| s.has_peer(peer))
+            {
+                secure.send(now, peer, &data);
+                continue;
+            }
             if let Err(e) = socket.send_to(&data, peer) {
                 debug!("bootstrap send_to {peer}: {e}");
+            }
+        }
+        if let Some((socket, secure)) = self.bootstrap_coaps.as_mut() {
+            while let Some((peer, data)) = secure.poll_transmit() {
+                if let Err(e) = socket.send_to(&data, peer) {
+                    debug!("bootstrap coaps send_to {peer}: {e}");
+                }
+            }
+            while let Some(ev) = secure.poll_event() {
+                match ev {
+                    SecureEvent::Established { peer, auth, .. } => {
+                        info!("bootstrap coaps {peer}: DTLS established as {auth:?}")
+                    }
+                    SecureEvent::HandshakeFailed { peer, reason } => {
+                        warn!("bootstrap coaps {peer}: DTLS handshake refused: {reason}")
+                    }
+                }
             }
         }
         while let Some(ev) = bs.poll_event() {
@@ -755,6 +831,30 @@ impl Lwm2mLoop {
             self.events.record(utc_now(), kind);
         }
     }
+}
+
+/// The EST CA of a state directory: the root CA issues, the factory CA vouches for /sen.
+fn est_ca(
+    dir: &std::path::Path,
+    validity: Duration,
+    seed: Option<u64>,
+) -> Result<crate::est_server::EstCa, StartError> {
+    let auth = crate::init::load_authorities(dir)
+        .map_err(|e| StartError::Provisioning(format!("the EST CA: {e}")))?;
+    let mut factory = estuary::crypto::TrustStore::new();
+    factory.add(auth.factory_ca.certificate().clone());
+    let rng = match seed {
+        Some(s) => estuary::crypto::Drbg::from_seed(s.rotate_left(41)),
+        None => {
+            estuary::crypto::Drbg::from_os_entropy().map_err(|e| StartError::Dtls(e.to_string()))?
+        }
+    };
+    Ok(crate::est_server::EstCa::new(
+        auth.pki.ca,
+        factory,
+        validity,
+        rng,
+    ))
 }
 
 /// The event-log entry of a bootstrap server event.
@@ -908,6 +1008,7 @@ impl TestServer {
         // The bootstrap socket, provisioned with the management addresses as actually bound.
         let mut bootstrap_addr = None;
         let mut bootstrap_reader = None;
+        let mut bootstrap_coaps_reader = None;
         let bootstrap = match cfg.bootstrap {
             Some((addr, config)) => {
                 let sock = UdpSocket::bind(addr)
@@ -924,6 +1025,11 @@ impl TestServer {
                 {
                     server.provision(&ep, p);
                 }
+                if let Some(dir) = config.state_dir.as_deref() {
+                    let mut est = est_ca(dir, cfg.cert_validity, cfg.seed)?;
+                    est.set_faults(cfg.est_faults.clone());
+                    server.set_est(est);
+                }
                 let reader = sock.try_clone()?;
                 let stop = Arc::new(AtomicBool::new(false));
                 let (ctl2, stop2) = (ctl.clone(), stop.clone());
@@ -935,10 +1041,35 @@ impl TestServer {
             }
             None => None,
         };
+        let mut bootstrap_coaps_addr = None;
+        let bootstrap_coaps = match cfg.bootstrap_coaps.filter(|_| bootstrap.is_some()) {
+            Some((addr, listener_cfg)) => {
+                let sock = UdpSocket::bind(addr)
+                    .map_err(|source| StartError::BindBootstrap { addr, source })?;
+                bootstrap_coaps_addr = Some(sock.local_addr()?);
+                let rng = match cfg.seed {
+                    Some(s) => estuary::crypto::Drbg::from_seed(s.rotate_left(29)),
+                    None => estuary::crypto::Drbg::from_os_entropy()
+                        .map_err(|e| StartError::Dtls(e.to_string()))?,
+                };
+                let listener = SecureListener::new(listener_cfg, &rng)
+                    .map_err(|e| StartError::Dtls(e.to_string()))?;
+                let reader = sock.try_clone()?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let (ctl2, stop2) = (ctl.clone(), stop.clone());
+                let thread = std::thread::Builder::new()
+                    .name("bootstrap-coaps-reader".into())
+                    .spawn(move || reader_loop(reader, ctl2, stop2, Command::BootstrapCoaps))?;
+                bootstrap_coaps_reader = Some((stop, thread));
+                Some((sock, listener))
+            }
+            None => None,
+        };
         let lp = Lwm2mLoop {
             socket,
             coaps,
             bootstrap,
+            bootstrap_coaps,
             waker_addr,
             server: Lwm2mServer::new(cfg.tx_params, seed),
             clock: Clock {
@@ -968,6 +1099,8 @@ impl TestServer {
             coaps_reader,
             bootstrap_addr,
             bootstrap_reader,
+            bootstrap_coaps_addr,
+            bootstrap_coaps_reader,
             control_addr,
             events,
             ctl,
@@ -984,6 +1117,8 @@ pub struct TestServerHandle {
     coaps_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     bootstrap_addr: Option<SocketAddr>,
     bootstrap_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    bootstrap_coaps_addr: Option<SocketAddr>,
+    bootstrap_coaps_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control_addr: Option<SocketAddr>,
     events: Arc<EventLog>,
     ctl: ServerCtl,
@@ -1020,6 +1155,16 @@ impl TestServerHandle {
     /// The `coap://` URI of the bootstrap server, if served.
     pub fn bootstrap_uri(&self) -> Option<String> {
         self.bootstrap_addr.map(|a| format!("coap://{a}"))
+    }
+
+    /// Where bootstrap + EST listen over DTLS, if served.
+    pub fn bootstrap_coaps_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_coaps_addr
+    }
+
+    /// The `coaps://` URI of bootstrap + EST, if served.
+    pub fn bootstrap_coaps_uri(&self) -> Option<String> {
+        self.bootstrap_coaps_addr.map(|a| format!("coaps://{a}"))
     }
 
     /// Where the control API listens, if it runs.
@@ -1077,9 +1222,13 @@ impl TestServerHandle {
                 warn!("the LwM2M server thread panicked");
             }
         }
-        for (stop, t) in [self.coaps_reader.take(), self.bootstrap_reader.take()]
-            .into_iter()
-            .flatten()
+        for (stop, t) in [
+            self.coaps_reader.take(),
+            self.bootstrap_reader.take(),
+            self.bootstrap_coaps_reader.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             stop.store(true, Ordering::Release);
             if t.join().is_err() {
