@@ -1094,6 +1094,8 @@ mod tests {
             object_links: vec!["/1/0".into(), "/3/0".into()],
             peer: "127.0.0.1:5555".into(),
             security_mode: "nosec".into(),
+            certificate_subject: None,
+            certificate_not_after: None,
             registered_at: "2026-01-01T00:00:00.000Z".into(),
             last_update: "2026-01-01T00:00:00.000Z".into(),
         };

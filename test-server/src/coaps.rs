@@ -31,8 +31,15 @@ pub struct SecureListenerConfig {
 /// Who a peer authenticated as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerAuth {
-    Psk { identity: String },
-    Certificate { subject: String, not_after: i64 },
+    Psk {
+        identity: String,
+    },
+    /// `est`: the certificate was issued by the EST CA (not the factory CA).
+    Certificate {
+        subject: String,
+        not_after: i64,
+        est: bool,
+    },
 }
 
 impl PeerAuth {
@@ -40,6 +47,7 @@ impl PeerAuth {
     pub fn mode(&self) -> &'static str {
         match self {
             PeerAuth::Psk { .. } => "psk",
+            PeerAuth::Certificate { est: true, .. } => "est",
             PeerAuth::Certificate { .. } => "certificate",
         }
     }
@@ -68,6 +76,8 @@ pub struct SecureListener {
     /// How each peer last authenticated; kept after its session closes (a client that
     /// closes after registering is still known by how it registered).
     auth: HashMap<SocketAddr, PeerAuth>,
+    /// Subject of the EST CA: certificates it issued count as mode "est".
+    est_issuer: Option<String>,
 }
 
 impl SecureListener {
@@ -89,7 +99,13 @@ impl SecureListener {
             out: VecDeque::new(),
             events: VecDeque::new(),
             auth: HashMap::new(),
+            est_issuer: None,
         })
+    }
+
+    /// Certificates issued by `subject` (the EST CA) are reported as mode "est".
+    pub fn set_est_issuer(&mut self, subject: &str) {
+        self.est_issuer = Some(subject.to_string());
     }
 
     /// True if `peer` talks to us over DTLS (its CoAP datagrams must be encrypted).
@@ -121,6 +137,7 @@ impl SecureListener {
             return Some(PeerAuth::Certificate {
                 subject: cert.subject().to_string(),
                 not_after: cert.not_after().unix_seconds(),
+                est: self.est_issuer.as_deref() == Some(cert.issuer()),
             });
         }
         // mbedtls does not keep the identity of a resumed PSK session.

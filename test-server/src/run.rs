@@ -205,8 +205,15 @@ pub struct ClientInfo {
     /// Object links of the registration, e.g. ["/1/0", "/3/0"].
     pub object_links: Vec<String>,
     pub peer: String,
-    /// "nosec", "psk" or "certificate": how the peer authenticated.
+    /// "nosec", "psk", "certificate" (factory) or "est" (issued by the EST CA): how the
+    /// peer authenticated.
     pub security_mode: String,
+    /// The client certificate's subject, for certificate and est modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_subject: Option<String>,
+    /// The client certificate's notAfter (RFC 3339), for certificate and est modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<String>,
     /// RFC 3339.
     pub registered_at: String,
     /// RFC 3339; the Register time until the first Update.
@@ -775,6 +782,15 @@ fn client_info(
     secure: Option<&SecureListener>,
 ) -> ClientInfo {
     let auth = secure.and_then(|s| s.peer_auth(r.peer));
+    let (certificate_subject, certificate_not_after) = match &auth {
+        Some(crate::coaps::PeerAuth::Certificate {
+            subject, not_after, ..
+        }) => (
+            Some(subject.clone()),
+            Some(rfc3339(UtcTime::from_unix_seconds(*not_after))),
+        ),
+        _ => (None, None),
+    };
     ClientInfo {
         endpoint: r.endpoint.clone(),
         location: r.location.clone(),
@@ -783,7 +799,9 @@ fn client_info(
         binding: r.binding.clone(),
         object_links: r.objects.clone(),
         peer: r.peer.to_string(),
-        security_mode: auth.map_or("nosec", |a| a.mode()).into(),
+        security_mode: auth.as_ref().map_or("nosec", |a| a.mode()).into(),
+        certificate_subject,
+        certificate_not_after,
         registered_at: rfc3339(r.registered_at),
         last_update: rfc3339(r.last_update),
     }
@@ -982,7 +1000,7 @@ impl TestServer {
         // The coaps socket: a reader thread receives, the server thread sends and decrypts.
         let mut coaps_addr = None;
         let mut coaps_reader = None;
-        let coaps = match cfg.coaps {
+        let mut coaps = match cfg.coaps {
             Some((addr, listener_cfg)) => {
                 let sock = UdpSocket::bind(addr)
                     .map_err(|source| StartError::BindCoaps { addr, source })?;
@@ -1027,6 +1045,9 @@ impl TestServer {
                 }
                 if let Some(dir) = config.state_dir.as_deref() {
                     let mut est = est_ca(dir, cfg.cert_validity, cfg.seed)?;
+                    if let Some((_, listener)) = coaps.as_mut() {
+                        listener.set_est_issuer(est.ca_certificate().subject());
+                    }
                     est.set_faults(cfg.est_faults.clone());
                     server.set_est(est);
                 }

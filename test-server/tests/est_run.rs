@@ -209,7 +209,36 @@ fn factory_certificate_enrolls_at_the_root_ca_over_bootstrap_coaps() {
         .wait_for_event("enrolled", "dev1", Duration::from_secs(5))
         .expect("enrolled event");
     assert!(ev.kind.log_line().contains(&cert.serial_hex()), "{ev:?}");
+
+    // Registering at the LwM2M coaps port with the EST certificate shows as mode "est".
+    let est_dtls = DtlsConfig::client(
+        Credentials::Certificate {
+            chain: vec![cert.clone()],
+            key: key.clone(),
+        },
+        &Drbg::from_seed(4),
+    )
+    .with_trust(trust_of(&root))
+    .with_verification_time(utc_now());
+    let mut m = EstClient::connect(server.lwm2m_coaps_addr().unwrap(), &est_dtls, limit);
+    let mut reg = coap::new_request(code::POST, "/rd");
+    for q in ["ep=dev1", "lt=60", "lwm2m=1.1"] {
+        coap::add_uri_query(&mut reg, q);
+    }
+    coap::set_content_format(&mut reg, content_format::LINK_FORMAT);
+    reg.payload = b"</1/0>,</3/0>".to_vec();
+    assert_eq!(coap::raw_code(&m.request(reg, limit)), code::CREATED);
+    let info = server.ctl().client("dev1").expect("dev1 registered");
+    assert_eq!(info.security_mode, "est");
+    assert_eq!(info.certificate_subject.as_deref(), Some(cert.subject()));
+    assert!(info.certificate_not_after.is_some());
     server.stop();
+}
+
+fn trust_of(root: &Certificate) -> TrustStore {
+    let mut t = TrustStore::new();
+    t.add(root.clone());
+    t
 }
 
 #[test]
