@@ -34,11 +34,14 @@ pub enum PeerAuth {
     Psk {
         identity: String,
     },
-    /// `est`: the certificate was issued by the EST CA (not the factory CA).
     Certificate {
         subject: String,
         not_after: i64,
-        est: bool,
+    },
+    /// A certificate the EST CA issued (not the factory CA).
+    Est {
+        subject: String,
+        not_after: i64,
     },
 }
 
@@ -47,8 +50,8 @@ impl PeerAuth {
     pub fn mode(&self) -> &'static str {
         match self {
             PeerAuth::Psk { .. } => "psk",
-            PeerAuth::Certificate { est: true, .. } => "est",
             PeerAuth::Certificate { .. } => "certificate",
+            PeerAuth::Est { .. } => "est",
         }
     }
 }
@@ -134,10 +137,12 @@ impl SecureListener {
     fn session_auth(&self, peer: SocketAddr) -> Option<PeerAuth> {
         let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
         if let Some(cert) = s.peer_certificate() {
-            return Some(PeerAuth::Certificate {
-                subject: cert.subject().to_string(),
-                not_after: cert.not_after().unix_seconds(),
-                est: self.est_issuer.as_deref() == Some(cert.issuer()),
+            let (subject, not_after) =
+                (cert.subject().to_string(), cert.not_after().unix_seconds());
+            return Some(if self.est_issuer.as_deref() == Some(cert.issuer()) {
+                PeerAuth::Est { subject, not_after }
+            } else {
+                PeerAuth::Certificate { subject, not_after }
             });
         }
         // mbedtls does not keep the identity of a resumed PSK session.

@@ -783,9 +783,10 @@ fn client_info(
 ) -> ClientInfo {
     let auth = secure.and_then(|s| s.peer_auth(r.peer));
     let (certificate_subject, certificate_not_after) = match &auth {
-        Some(crate::coaps::PeerAuth::Certificate {
-            subject, not_after, ..
-        }) => (
+        Some(
+            crate::coaps::PeerAuth::Certificate { subject, not_after }
+            | crate::coaps::PeerAuth::Est { subject, not_after },
+        ) => (
             Some(subject.clone()),
             Some(rfc3339(UtcTime::from_unix_seconds(*not_after))),
         ),
