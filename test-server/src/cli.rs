@@ -1084,6 +1084,35 @@ mod tests {
     }
 
     #[test]
+    fn cert_validity_and_fault_flags() {
+        use std::time::Duration;
+        assert_eq!(parse_validity("120s"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_validity("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_validity("1y"), Ok(Duration::from_secs(365 * 86_400)));
+        for bad in ["", "30", "d", "0s", "5w", "-1d", "99999999999999999y"] {
+            assert!(parse_validity(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_fault("est-503").is_ok());
+        assert!(parse_fault("est-nonsense").is_err());
+        let run = Cli::try_parse_from([
+            "estuary-testserver",
+            "run",
+            "--dir",
+            "/x",
+            "--cert-validity",
+            "120s",
+            "--fault",
+            "est-expired",
+        ])
+        .unwrap();
+        assert!(matches!(
+            run.command,
+            Command::Run { cert_validity, ref fault, .. }
+                if cert_validity == Duration::from_secs(120) && fault.len() == 1
+        ));
+    }
+
+    #[test]
     fn table_aligns_columns() {
         let c = ClientInfo {
             endpoint: "dev1".into(),
