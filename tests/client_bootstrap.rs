@@ -22,7 +22,7 @@ use estuary_testserver::bootstrap_server::{
     BootstrapEvent, BootstrapServer, ProvisionedAccount, Provisioning,
 };
 use estuary_testserver::coaps::{SecureListener, SecureListenerConfig};
-use estuary_testserver::est_server::{EstCa, EstEvent, PeerAuth};
+use estuary_testserver::est_server::{EstCa, EstEvent};
 use estuary_testserver::lwm2m_server::{Lwm2mServer, ServerEvent};
 use estuary_testserver::pki::TestPki;
 
@@ -194,14 +194,13 @@ impl Rig {
                     for d in self.bs_side.inbound(self.now, from, &t.data) {
                         // The DTLS listener says who the peer is; the EST CA needs its
                         // certificate for /sren.
-                        if let Some(cert) = self
+                        if let Some(auth) = self
                             .bs_side
                             .listener
                             .as_ref()
-                            .and_then(|l| l.peer_certificate(from))
+                            .and_then(|l| l.est_peer_auth(from))
                         {
-                            self.bs
-                                .set_peer_auth(from, PeerAuth::Certificate(Box::new(cert)));
+                            self.bs.set_peer_auth(from, auth);
                         }
                         self.bs.handle_datagram(self.now, from, &d);
                     }

@@ -55,6 +55,13 @@ pub enum Command {
         /// LwM2M CoAP port, overriding ports.lwm2m_coap of config.toml (0 = any free port).
         #[arg(long, value_name = "PORT")]
         lwm2m_port: Option<u16>,
+        /// Validity of the certificates EST issues: a number with s, m, h, d or y.
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_validity)]
+        cert_validity: std::time::Duration,
+        /// Make the EST CA misbehave: est-503[=SECONDS], est-wrong-key, est-expired,
+        /// est-truncated (repeatable).
+        #[arg(long, value_name = "NAME", value_parser = parse_fault)]
+        fault: Vec<crate::est_server::EstFault>,
     },
     /// List the registered clients.
     Clients {
@@ -240,7 +247,9 @@ fn run_command(cmd: Command) -> Result<(), String> {
             control,
             events,
             lwm2m_port,
-        } => run(dir, control, events, lwm2m_port),
+            cert_validity,
+            fault,
+        } => run(dir, control, events, lwm2m_port, cert_validity, fault),
         Command::Clients { control, json } => clients(&control, json),
         Command::Client { ep, control } => {
             let (status, v, body) = get_json(
@@ -607,11 +616,44 @@ fn print_answer(a: &ReadAnswer, output: ReadOutput, code_if_empty: bool) {
     }
 }
 
+/// `--cert-validity`: "120s", "30m", "12h", "30d", "1y".
+fn parse_validity(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d, y)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h, d or y")),
+    };
+    if n == 0 {
+        return Err("the validity must be more than zero".into());
+    }
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+/// `--fault`: one of the EST CA's fault names.
+fn parse_fault(s: &str) -> Result<crate::est_server::EstFault, String> {
+    crate::est_server::EstFault::parse(s).ok_or_else(|| {
+        format!(
+            "unknown fault {s:?} (est-503[=SECONDS], est-wrong-key, est-expired, est-truncated)"
+        )
+    })
+}
+
 fn run(
     dir: PathBuf,
     control: Option<std::net::SocketAddr>,
     events: Option<PathBuf>,
     lwm2m_port: Option<u16>,
+    cert_validity: std::time::Duration,
+    faults: Vec<crate::est_server::EstFault>,
 ) -> Result<(), String> {
     let mut config = init::load_config(&dir).map_err(|e| e.to_string())?;
     if let Some(p) = lwm2m_port {
@@ -622,16 +664,27 @@ fn run(
         cfg.control_addr = control;
     }
     cfg.events_file = events.clone();
+    cfg.cert_validity = cert_validity;
+    cfg.est_faults = faults;
     // Signals are caught before any thread starts, so none of them dies of SIGINT.
     let signals = signal::Termination::install().map_err(|e| format!("signal handlers: {e}"))?;
     let handle = TestServer::start(cfg).map_err(|e| e.to_string())?;
     println!(
-        "listening lwm2m={} control={}{}",
+        "listening lwm2m={} control={}{}{}{}{}",
         handle.lwm2m_uri(),
         handle
             .control_addr()
             .map_or("none".to_string(), |a| format!("http://{a}")),
-        events.map_or(String::new(), |e| format!(" events={}", e.display()))
+        events.map_or(String::new(), |e| format!(" events={}", e.display())),
+        handle
+            .bootstrap_uri()
+            .map_or(String::new(), |u| format!(" bootstrap={u}")),
+        handle
+            .bootstrap_coaps_uri()
+            .map_or(String::new(), |u| format!(" bootstrap_coaps={u}")),
+        handle
+            .lwm2m_coaps_uri()
+            .map_or(String::new(), |u| format!(" coaps={u}"))
     );
     let endpoints: Vec<&String> = config.endpoints.keys().collect();
     if !endpoints.is_empty() {
@@ -1031,6 +1084,35 @@ mod tests {
     }
 
     #[test]
+    fn cert_validity_and_fault_flags() {
+        use std::time::Duration;
+        assert_eq!(parse_validity("120s"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_validity("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_validity("1y"), Ok(Duration::from_secs(365 * 86_400)));
+        for bad in ["", "30", "d", "0s", "5w", "-1d", "99999999999999999y"] {
+            assert!(parse_validity(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_fault("est-503").is_ok());
+        assert!(parse_fault("est-nonsense").is_err());
+        let run = Cli::try_parse_from([
+            "estuary-testserver",
+            "run",
+            "--dir",
+            "/x",
+            "--cert-validity",
+            "120s",
+            "--fault",
+            "est-expired",
+        ])
+        .unwrap();
+        assert!(matches!(
+            run.command,
+            Command::Run { cert_validity, ref fault, .. }
+                if cert_validity == Duration::from_secs(120) && fault.len() == 1
+        ));
+    }
+
+    #[test]
     fn table_aligns_columns() {
         let c = ClientInfo {
             endpoint: "dev1".into(),
@@ -1041,6 +1123,8 @@ mod tests {
             object_links: vec!["/1/0".into(), "/3/0".into()],
             peer: "127.0.0.1:5555".into(),
             security_mode: "nosec".into(),
+            certificate_subject: None,
+            certificate_not_after: None,
             registered_at: "2026-01-01T00:00:00.000Z".into(),
             last_update: "2026-01-01T00:00:00.000Z".into(),
         };

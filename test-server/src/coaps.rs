@@ -31,8 +31,18 @@ pub struct SecureListenerConfig {
 /// Who a peer authenticated as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerAuth {
-    Psk { identity: String },
-    Certificate { subject: String, not_after: i64 },
+    Psk {
+        identity: String,
+    },
+    Certificate {
+        subject: String,
+        not_after: i64,
+    },
+    /// A certificate the EST CA issued (not the factory CA).
+    Est {
+        subject: String,
+        not_after: i64,
+    },
 }
 
 impl PeerAuth {
@@ -41,6 +51,7 @@ impl PeerAuth {
         match self {
             PeerAuth::Psk { .. } => "psk",
             PeerAuth::Certificate { .. } => "certificate",
+            PeerAuth::Est { .. } => "est",
         }
     }
 }
@@ -68,6 +79,8 @@ pub struct SecureListener {
     /// How each peer last authenticated; kept after its session closes (a client that
     /// closes after registering is still known by how it registered).
     auth: HashMap<SocketAddr, PeerAuth>,
+    /// Subject of the EST CA: certificates it issued count as mode "est".
+    est_issuer: Option<String>,
 }
 
 impl SecureListener {
@@ -89,7 +102,13 @@ impl SecureListener {
             out: VecDeque::new(),
             events: VecDeque::new(),
             auth: HashMap::new(),
+            est_issuer: None,
         })
+    }
+
+    /// Certificates issued by `subject` (the EST CA) are reported as mode "est".
+    pub fn set_est_issuer(&mut self, subject: &str) {
+        self.est_issuer = Some(subject.to_string());
     }
 
     /// True if `peer` talks to us over DTLS (its CoAP datagrams must be encrypted).
@@ -102,18 +121,28 @@ impl SecureListener {
         self.auth.get(&peer).cloned()
     }
 
-    /// The certificate `peer` authenticated with in its established session, if any.
-    pub fn peer_certificate(&self, peer: SocketAddr) -> Option<Certificate> {
+    /// The DTLS identity of `peer`'s established session as the EST CA needs it: the
+    /// verified certificate, or the PSK identity.
+    pub fn est_peer_auth(&self, peer: SocketAddr) -> Option<crate::est_server::PeerAuth> {
         let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
-        s.peer_certificate().cloned()
+        if let Some(cert) = s.peer_certificate() {
+            return Some(crate::est_server::PeerAuth::Certificate(Box::new(
+                cert.clone(),
+            )));
+        }
+        s.psk_identity()
+            .map(|id| crate::est_server::PeerAuth::Psk(id.to_vec()))
     }
 
     fn session_auth(&self, peer: SocketAddr) -> Option<PeerAuth> {
         let s = self.sessions.get(&peer).filter(|s| s.is_established())?;
         if let Some(cert) = s.peer_certificate() {
-            return Some(PeerAuth::Certificate {
-                subject: cert.subject().to_string(),
-                not_after: cert.not_after().unix_seconds(),
+            let (subject, not_after) =
+                (cert.subject().to_string(), cert.not_after().unix_seconds());
+            return Some(if self.est_issuer.as_deref() == Some(cert.issuer()) {
+                PeerAuth::Est { subject, not_after }
+            } else {
+                PeerAuth::Certificate { subject, not_after }
             });
         }
         // mbedtls does not keep the identity of a resumed PSK session.

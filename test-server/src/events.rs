@@ -74,6 +74,42 @@ pub enum EventKind {
         #[serde(flatten)]
         answer: ReadAnswer,
     },
+    /// A client sent a Bootstrap-Request.
+    BootstrapRequested {
+        ep: String,
+        peer: String,
+    },
+    /// One bootstrap operation was answered: `op` is e.g. "write /0/1".
+    BootstrapStep {
+        ep: String,
+        op: String,
+        code: String,
+    },
+    BootstrapFinished {
+        ep: String,
+    },
+    BootstrapFailed {
+        ep: String,
+        reason: String,
+    },
+    /// The EST CA issued a certificate (`reenroll` for /sren).
+    Enrolled {
+        ep: String,
+        subject: String,
+        serial: String,
+        not_after: String,
+        reenroll: bool,
+    },
+    /// The EST CA sent its CA certificates.
+    Cacerts {
+        ep: String,
+    },
+    /// The EST CA refused a request.
+    EstRefused {
+        ep: String,
+        operation: String,
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -86,7 +122,14 @@ impl EventKind {
             | EventKind::Expired { ep }
             | EventKind::Read { ep, .. }
             | EventKind::Operation { ep, .. }
-            | EventKind::Notification { ep, .. } => ep,
+            | EventKind::Notification { ep, .. }
+            | EventKind::BootstrapRequested { ep, .. }
+            | EventKind::BootstrapStep { ep, .. }
+            | EventKind::BootstrapFinished { ep }
+            | EventKind::BootstrapFailed { ep, .. }
+            | EventKind::Enrolled { ep, .. }
+            | EventKind::Cacerts { ep }
+            | EventKind::EstRefused { ep, .. } => ep,
         }
     }
 
@@ -100,6 +143,13 @@ impl EventKind {
             EventKind::Read { .. } => "read",
             EventKind::Operation { .. } => "operation",
             EventKind::Notification { .. } => "notification",
+            EventKind::BootstrapRequested { .. } => "bootstrap_requested",
+            EventKind::BootstrapStep { .. } => "bootstrap_step",
+            EventKind::BootstrapFinished { .. } => "bootstrap_finished",
+            EventKind::BootstrapFailed { .. } => "bootstrap_failed",
+            EventKind::Enrolled { .. } => "enrolled",
+            EventKind::Cacerts { .. } => "cacerts",
+            EventKind::EstRefused { .. } => "est_refused",
         }
     }
 
@@ -157,6 +207,27 @@ impl EventKind {
                 }
                 line
             }
+            EventKind::BootstrapRequested { peer, .. } => {
+                format!("ep={ep} bootstrap requested peer={peer}")
+            }
+            EventKind::BootstrapStep { op, code, .. } => format!("ep={ep} bootstrap {op} {code}"),
+            EventKind::BootstrapFinished { .. } => format!("ep={ep} bootstrap finished"),
+            EventKind::BootstrapFailed { reason, .. } => {
+                format!("ep={ep} bootstrap failed reason={reason:?}")
+            }
+            EventKind::Enrolled {
+                serial,
+                not_after,
+                reenroll,
+                ..
+            } => format!(
+                "ep={ep} {} serial={serial} notAfter={not_after}",
+                if *reenroll { "re-enrolled" } else { "enrolled" }
+            ),
+            EventKind::Cacerts { .. } => format!("ep={ep} cacerts"),
+            EventKind::EstRefused {
+                operation, reason, ..
+            } => format!("ep={ep} est refused {operation} reason={reason:?}"),
         }
     }
 }

@@ -27,6 +27,7 @@ use estuary::time::{Instant, Now, UtcTime};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::bootstrap_server::{BootstrapEvent, BootstrapServer};
 use crate::coaps::{SecureEvent, SecureListener, SecureListenerConfig};
 use crate::config::Config;
 use crate::events::{rfc3339, EventKind, EventLog, EventRecord, DEFAULT_RING_CAPACITY};
@@ -65,7 +66,20 @@ pub struct TestServerConfig {
     /// LwM2M server over CoAP/DTLS (port 0 = ephemeral) and its credentials; `None` = no
     /// coaps port.
     pub coaps: Option<(SocketAddr, SecureListenerConfig)>,
+    /// Bootstrap server over plain CoAP (port 0 = ephemeral) and the configuration whose
+    /// `[endpoints.NAME]` it provisions; `None` = no bootstrap port.
+    pub bootstrap: Option<(SocketAddr, Config)>,
+    /// Bootstrap + EST over CoAP/DTLS (port 0 = ephemeral) and its credentials; `None` = no
+    /// bootstrap coaps port.
+    pub bootstrap_coaps: Option<(SocketAddr, SecureListenerConfig)>,
+    /// Validity of the certificates the EST CA issues (`run --cert-validity`).
+    pub cert_validity: Duration,
+    /// How the EST CA misbehaves (`run --fault`).
+    pub est_faults: Vec<crate::est_server::EstFault>,
 }
+
+/// Certificates EST issues are valid this long unless `run --cert-validity` says otherwise.
+pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for TestServerConfig {
     /// Loopback, ephemeral ports, control API on, no events file.
@@ -81,6 +95,10 @@ impl Default for TestServerConfig {
             read_timeout: DEFAULT_READ_TIMEOUT,
             seed: None,
             coaps: None,
+            bootstrap: None,
+            bootstrap_coaps: None,
+            cert_validity: DEFAULT_CERT_VALIDITY,
+            est_faults: Vec::new(),
         }
     }
 }
@@ -91,12 +109,20 @@ impl TestServerConfig {
     /// is served without coaps, with a warning). With `lwm2m_coap = 0` and the default coaps
     /// port, coaps also takes an ephemeral port ([`TestServerHandle::lwm2m_coaps_addr`]).
     pub fn from_config(cfg: &Config) -> Self {
-        let coaps = match cfg
+        let loaded = cfg
             .state_dir
             .as_deref()
-            .map(crate::init::load_secure_listener)
-        {
+            .map(crate::init::load_secure_listener);
+        let mut bootstrap_coaps = None;
+        let coaps = match loaded {
             Some(Ok(Some(listener))) => {
+                let mut bs_addr = cfg.bootstrap_coaps_addr();
+                if cfg.ports.lwm2m_coap == 0
+                    && cfg.ports.bootstrap_coaps == crate::config::DEFAULT_BOOTSTRAP_COAPS_PORT
+                {
+                    bs_addr.set_port(0);
+                }
+                bootstrap_coaps = Some((bs_addr, listener.clone()));
                 let mut addr = cfg.lwm2m_coaps_addr();
                 // An ephemeral coap port (tests, `run --lwm2m-port 0`) with the default coaps
                 // port: make coaps ephemeral too, so parallel servers do not collide on it.
@@ -113,10 +139,19 @@ impl TestServerConfig {
             }
             _ => None,
         };
+        let mut bootstrap_addr = cfg.bootstrap_coap_addr();
+        // Same rule as coaps: an ephemeral LwM2M port makes the default bootstrap port ephemeral.
+        if cfg.ports.lwm2m_coap == 0
+            && cfg.ports.bootstrap_coap == crate::config::DEFAULT_BOOTSTRAP_COAP_PORT
+        {
+            bootstrap_addr.set_port(0);
+        }
         TestServerConfig {
             lwm2m_addr: cfg.lwm2m_coap_addr(),
             control_addr: Some(cfg.control_addr()),
             coaps,
+            bootstrap: Some((bootstrap_addr, cfg.clone())),
+            bootstrap_coaps,
             ..TestServerConfig::default()
         }
     }
@@ -139,6 +174,14 @@ pub enum StartError {
     },
     #[error("setting up DTLS: {0}")]
     Dtls(String),
+    #[error("binding the bootstrap CoAP port {addr}: {source}")]
+    BindBootstrap {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bootstrap provisioning from the state directory: {0}")]
+    Provisioning(String),
     #[error("binding the control API on {addr}: {source}")]
     BindControl {
         addr: SocketAddr,
@@ -162,8 +205,15 @@ pub struct ClientInfo {
     /// Object links of the registration, e.g. ["/1/0", "/3/0"].
     pub object_links: Vec<String>,
     pub peer: String,
-    /// "nosec", "psk" or "certificate": how the peer authenticated.
+    /// "nosec", "psk", "certificate" (factory) or "est" (issued by the EST CA): how the
+    /// peer authenticated.
     pub security_mode: String,
+    /// The client certificate's subject, for certificate and est modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_subject: Option<String>,
+    /// The client certificate's notAfter (RFC 3339), for certificate and est modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<String>,
     /// RFC 3339.
     pub registered_at: String,
     /// RFC 3339; the Register time until the first Update.
@@ -209,6 +259,10 @@ enum Command {
     },
     /// A datagram the coaps reader thread received.
     Coaps(SocketAddr, Vec<u8>),
+    /// A datagram the bootstrap reader thread received.
+    Bootstrap(SocketAddr, Vec<u8>),
+    /// A datagram the bootstrap coaps reader thread received.
+    BootstrapCoaps(SocketAddr, Vec<u8>),
     /// Any LwM2M operation (the control API's Write, Execute, Observe, ...); `op` names it
     /// for the event log. The reply is the first answer, for an Observe its first value.
     Request {
@@ -397,6 +451,10 @@ struct Lwm2mLoop {
     socket: UdpSocket,
     /// The coaps socket (for sending; a reader thread receives) and its DTLS sessions.
     coaps: Option<(UdpSocket, SecureListener)>,
+    /// The plain bootstrap socket (for sending; a reader thread receives) and its server.
+    bootstrap: Option<(UdpSocket, BootstrapServer)>,
+    /// The bootstrap coaps socket (for sending) and its DTLS sessions.
+    bootstrap_coaps: Option<(UdpSocket, SecureListener)>,
     waker_addr: SocketAddr,
     server: Lwm2mServer,
     clock: Clock,
@@ -428,10 +486,24 @@ impl Lwm2mLoop {
                     secure.handle_timeout(now);
                 }
             }
+            if let Some((_, bs)) = self.bootstrap.as_mut() {
+                if bs.poll_timeout().is_some_and(|t| t <= now.mono) {
+                    bs.handle_timeout(now);
+                }
+            }
+            if let Some((_, secure)) = self.bootstrap_coaps.as_mut() {
+                if secure.poll_timeout().is_some_and(|t| t <= now.mono) {
+                    secure.handle_timeout(now);
+                }
+            }
             self.flush(now);
             let next = [
                 self.server.poll_timeout(),
                 self.coaps.as_ref().and_then(|(_, s)| s.poll_timeout()),
+                self.bootstrap.as_ref().and_then(|(_, b)| b.poll_timeout()),
+                self.bootstrap_coaps
+                    .as_ref()
+                    .and_then(|(_, s)| s.poll_timeout()),
             ]
             .into_iter()
             .flatten()
@@ -490,6 +562,29 @@ impl Lwm2mLoop {
                         let _ = reply.send(Err(read_error(e)));
                     }
                 }
+            }
+            Command::Bootstrap(peer, data) => {
+                let now = self.clock.now();
+                if let Some((_, bs)) = self.bootstrap.as_mut() {
+                    // A plain datagram: whatever DTLS identity this address had is gone.
+                    bs.set_peer_auth(peer, crate::est_server::PeerAuth::None);
+                    bs.handle_datagram(now, peer, &data);
+                }
+                self.flush(now);
+            }
+            Command::BootstrapCoaps(peer, data) => {
+                let now = self.clock.now();
+                if let (Some((_, secure)), Some((_, bs))) =
+                    (self.bootstrap_coaps.as_mut(), self.bootstrap.as_mut())
+                {
+                    for coap in secure.handle_datagram(now, peer, &data) {
+                        if let Some(auth) = secure.est_peer_auth(peer) {
+                            bs.set_peer_auth(peer, auth);
+                        }
+                        bs.handle_datagram(now, peer, &coap);
+                    }
+                }
+                self.flush(now);
             }
             Command::Coaps(peer, data) => {
                 let now = self.clock.now();
@@ -551,6 +646,7 @@ impl Lwm2mLoop {
 
     /// Sends what the core queued and turns its events into log lines and replies.
     fn flush(&mut self, now: Now) {
+        self.flush_bootstrap();
         while let Some((peer, data)) = self.server.poll_transmit() {
             if let Some((_, secure)) = self.coaps.as_mut().filter(|(_, s)| s.has_peer(peer)) {
                 secure.send(now, peer, &data);
@@ -686,6 +782,16 @@ fn client_info(
     secure: Option<&SecureListener>,
 ) -> ClientInfo {
     let auth = secure.and_then(|s| s.peer_auth(r.peer));
+    let (certificate_subject, certificate_not_after) = match &auth {
+        Some(
+            crate::coaps::PeerAuth::Certificate { subject, not_after }
+            | crate::coaps::PeerAuth::Est { subject, not_after },
+        ) => (
+            Some(subject.clone()),
+            Some(rfc3339(UtcTime::from_unix_seconds(*not_after))),
+        ),
+        _ => (None, None),
+    };
     ClientInfo {
         endpoint: r.endpoint.clone(),
         location: r.location.clone(),
@@ -694,15 +800,138 @@ fn client_info(
         binding: r.binding.clone(),
         object_links: r.objects.clone(),
         peer: r.peer.to_string(),
-        security_mode: auth.map_or("nosec", |a| a.mode()).into(),
+        security_mode: auth.as_ref().map_or("nosec", |a| a.mode()).into(),
+        certificate_subject,
+        certificate_not_after,
         registered_at: rfc3339(r.registered_at),
         last_update: rfc3339(r.last_update),
+    }
+}
+
+impl Lwm2mLoop {
+    /// Sends the bootstrap server's datagrams and logs its events.
+    fn flush_bootstrap(&mut self) {
+        let Some((socket, bs)) = self.bootstrap.as_mut() else {
+            return;
+        };
+        let now = self.clock.now();
+        while let Some((peer, data)) = bs.poll_transmit() {
+            if let Some((_, secure)) = self
+                .bootstrap_coaps
+                .as_mut()
+                .filter(|(_, s)| s.has_peer(peer))
+            {
+                secure.send(now, peer, &data);
+                continue;
+            }
+            if let Err(e) = socket.send_to(&data, peer) {
+                debug!("bootstrap send_to {peer}: {e}");
+            }
+        }
+        if let Some((socket, secure)) = self.bootstrap_coaps.as_mut() {
+            while let Some((peer, data)) = secure.poll_transmit() {
+                if let Err(e) = socket.send_to(&data, peer) {
+                    debug!("bootstrap coaps send_to {peer}: {e}");
+                }
+            }
+            while let Some(ev) = secure.poll_event() {
+                match ev {
+                    SecureEvent::Established { peer, auth, .. } => {
+                        info!("bootstrap coaps {peer}: DTLS established as {auth:?}")
+                    }
+                    SecureEvent::HandshakeFailed { peer, reason } => {
+                        warn!("bootstrap coaps {peer}: DTLS handshake refused: {reason}")
+                    }
+                }
+            }
+        }
+        while let Some(ev) = bs.poll_event() {
+            let kind = bootstrap_event_kind(ev);
+            self.events.record(utc_now(), kind);
+        }
+    }
+}
+
+/// The EST CA of a state directory: the root CA issues, the factory CA vouches for /sen.
+fn est_ca(
+    dir: &std::path::Path,
+    validity: Duration,
+    seed: Option<u64>,
+) -> Result<crate::est_server::EstCa, StartError> {
+    let auth = crate::init::load_authorities(dir)
+        .map_err(|e| StartError::Provisioning(format!("the EST CA: {e}")))?;
+    let mut factory = estuary::crypto::TrustStore::new();
+    factory.add(auth.factory_ca.certificate().clone());
+    let rng = match seed {
+        Some(s) => estuary::crypto::Drbg::from_seed(s.rotate_left(41)),
+        None => {
+            estuary::crypto::Drbg::from_os_entropy().map_err(|e| StartError::Dtls(e.to_string()))?
+        }
+    };
+    Ok(crate::est_server::EstCa::new(
+        auth.pki.ca,
+        factory,
+        validity,
+        rng,
+    ))
+}
+
+/// The event-log entry of a bootstrap server event.
+fn bootstrap_event_kind(ev: BootstrapEvent) -> EventKind {
+    use crate::est_server::EstEvent;
+    match ev {
+        BootstrapEvent::Requested { endpoint, peer } => EventKind::BootstrapRequested {
+            ep: endpoint,
+            peer: peer.to_string(),
+        },
+        BootstrapEvent::Step {
+            endpoint, op, code, ..
+        } => EventKind::BootstrapStep {
+            ep: endpoint,
+            op,
+            code,
+        },
+        BootstrapEvent::Finished { endpoint } => EventKind::BootstrapFinished { ep: endpoint },
+        BootstrapEvent::Failed { endpoint, reason } => EventKind::BootstrapFailed {
+            ep: endpoint,
+            reason,
+        },
+        BootstrapEvent::Est { endpoint, event } => match event {
+            EstEvent::CaCerts { .. } => EventKind::Cacerts { ep: endpoint },
+            EstEvent::Enrolled {
+                subject,
+                serial,
+                not_after,
+                reenroll,
+            } => EventKind::Enrolled {
+                ep: endpoint,
+                subject,
+                serial,
+                not_after: crate::events::rfc3339(not_after),
+                reenroll,
+            },
+            EstEvent::Refused { operation, reason } => EventKind::EstRefused {
+                ep: endpoint,
+                operation: operation.to_string(),
+                reason,
+            },
+        },
     }
 }
 
 /// Receives on the coaps socket and hands datagrams to the server thread, until `stop` is
 /// set or the server thread is gone.
 fn coaps_reader_loop(socket: UdpSocket, ctl: ServerCtl, stop: Arc<AtomicBool>) {
+    reader_loop(socket, ctl, stop, Command::Coaps)
+}
+
+/// Receives on `socket` and hands each datagram to the server thread as `wrap(src, data)`.
+fn reader_loop(
+    socket: UdpSocket,
+    ctl: ServerCtl,
+    stop: Arc<AtomicBool>,
+    wrap: fn(SocketAddr, Vec<u8>) -> Command,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     if let Err(e) = socket.set_read_timeout(Some(MAX_IDLE_WAIT)) {
         warn!("coaps socket timeout: {e}");
@@ -710,7 +939,7 @@ fn coaps_reader_loop(socket: UdpSocket, ctl: ServerCtl, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Acquire) {
         match socket.recv_from(&mut buf) {
             Ok((n, src)) => {
-                if !ctl.send(Command::Coaps(src, buf[..n].to_vec())) {
+                if !ctl.send(wrap(src, buf[..n].to_vec())) {
                     return;
                 }
             }
@@ -772,7 +1001,7 @@ impl TestServer {
         // The coaps socket: a reader thread receives, the server thread sends and decrypts.
         let mut coaps_addr = None;
         let mut coaps_reader = None;
-        let coaps = match cfg.coaps {
+        let mut coaps = match cfg.coaps {
             Some((addr, listener_cfg)) => {
                 let sock = UdpSocket::bind(addr)
                     .map_err(|source| StartError::BindCoaps { addr, source })?;
@@ -795,9 +1024,74 @@ impl TestServer {
             }
             None => None,
         };
+        // The bootstrap socket, provisioned with the management addresses as actually bound.
+        let mut bootstrap_addr = None;
+        let mut bootstrap_reader = None;
+        let mut bootstrap_coaps_reader = None;
+        let bootstrap = match cfg.bootstrap {
+            Some((addr, config)) => {
+                let sock = UdpSocket::bind(addr)
+                    .map_err(|source| StartError::BindBootstrap { addr, source })?;
+                bootstrap_addr = Some(sock.local_addr()?);
+                let shown = |a: SocketAddr| SocketAddr::new(loopback_like(a.ip()), a.port());
+                let uris = crate::provision::ManagementUris {
+                    coap: format!("coap://{}", shown(lwm2m_addr)),
+                    coaps: coaps_addr.map_or(String::new(), |a| format!("coaps://{}", shown(a))),
+                };
+                let mut server = BootstrapServer::new(cfg.tx_params, seed.rotate_left(17));
+                for (ep, p) in crate::provision::all(&config, &uris)
+                    .map_err(|e| StartError::Provisioning(e.to_string()))?
+                {
+                    server.provision(&ep, p);
+                }
+                if let Some(dir) = config.state_dir.as_deref() {
+                    let mut est = est_ca(dir, cfg.cert_validity, cfg.seed)?;
+                    if let Some((_, listener)) = coaps.as_mut() {
+                        listener.set_est_issuer(est.ca_certificate().subject());
+                    }
+                    est.set_faults(cfg.est_faults.clone());
+                    server.set_est(est);
+                }
+                let reader = sock.try_clone()?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let (ctl2, stop2) = (ctl.clone(), stop.clone());
+                let thread = std::thread::Builder::new()
+                    .name("bootstrap-reader".into())
+                    .spawn(move || reader_loop(reader, ctl2, stop2, Command::Bootstrap))?;
+                bootstrap_reader = Some((stop, thread));
+                Some((sock, server))
+            }
+            None => None,
+        };
+        let mut bootstrap_coaps_addr = None;
+        let bootstrap_coaps = match cfg.bootstrap_coaps.filter(|_| bootstrap.is_some()) {
+            Some((addr, listener_cfg)) => {
+                let sock = UdpSocket::bind(addr)
+                    .map_err(|source| StartError::BindBootstrap { addr, source })?;
+                bootstrap_coaps_addr = Some(sock.local_addr()?);
+                let rng = match cfg.seed {
+                    Some(s) => estuary::crypto::Drbg::from_seed(s.rotate_left(29)),
+                    None => estuary::crypto::Drbg::from_os_entropy()
+                        .map_err(|e| StartError::Dtls(e.to_string()))?,
+                };
+                let listener = SecureListener::new(listener_cfg, &rng)
+                    .map_err(|e| StartError::Dtls(e.to_string()))?;
+                let reader = sock.try_clone()?;
+                let stop = Arc::new(AtomicBool::new(false));
+                let (ctl2, stop2) = (ctl.clone(), stop.clone());
+                let thread = std::thread::Builder::new()
+                    .name("bootstrap-coaps-reader".into())
+                    .spawn(move || reader_loop(reader, ctl2, stop2, Command::BootstrapCoaps))?;
+                bootstrap_coaps_reader = Some((stop, thread));
+                Some((sock, listener))
+            }
+            None => None,
+        };
         let lp = Lwm2mLoop {
             socket,
             coaps,
+            bootstrap,
+            bootstrap_coaps,
             waker_addr,
             server: Lwm2mServer::new(cfg.tx_params, seed),
             clock: Clock {
@@ -825,6 +1119,10 @@ impl TestServer {
             lwm2m_addr,
             coaps_addr,
             coaps_reader,
+            bootstrap_addr,
+            bootstrap_reader,
+            bootstrap_coaps_addr,
+            bootstrap_coaps_reader,
             control_addr,
             events,
             ctl,
@@ -839,6 +1137,10 @@ pub struct TestServerHandle {
     lwm2m_addr: SocketAddr,
     coaps_addr: Option<SocketAddr>,
     coaps_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    bootstrap_addr: Option<SocketAddr>,
+    bootstrap_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    bootstrap_coaps_addr: Option<SocketAddr>,
+    bootstrap_coaps_reader: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     control_addr: Option<SocketAddr>,
     events: Arc<EventLog>,
     ctl: ServerCtl,
@@ -865,6 +1167,26 @@ impl TestServerHandle {
     /// The `coaps://` URI devices register at with PSK or certificates, if served.
     pub fn lwm2m_coaps_uri(&self) -> Option<String> {
         self.coaps_addr.map(|a| format!("coaps://{a}"))
+    }
+
+    /// Where the bootstrap server listens over plain CoAP, if it is served.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_addr
+    }
+
+    /// The `coap://` URI of the bootstrap server, if served.
+    pub fn bootstrap_uri(&self) -> Option<String> {
+        self.bootstrap_addr.map(|a| format!("coap://{a}"))
+    }
+
+    /// Where bootstrap + EST listen over DTLS, if served.
+    pub fn bootstrap_coaps_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_coaps_addr
+    }
+
+    /// The `coaps://` URI of bootstrap + EST, if served.
+    pub fn bootstrap_coaps_uri(&self) -> Option<String> {
+        self.bootstrap_coaps_addr.map(|a| format!("coaps://{a}"))
     }
 
     /// Where the control API listens, if it runs.
@@ -922,10 +1244,17 @@ impl TestServerHandle {
                 warn!("the LwM2M server thread panicked");
             }
         }
-        if let Some((stop, t)) = self.coaps_reader.take() {
+        for (stop, t) in [
+            self.coaps_reader.take(),
+            self.bootstrap_reader.take(),
+            self.bootstrap_coaps_reader.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             stop.store(true, Ordering::Release);
             if t.join().is_err() {
-                warn!("the coaps reader thread panicked");
+                warn!("a reader thread panicked");
             }
         }
     }

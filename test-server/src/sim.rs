@@ -27,6 +27,7 @@ use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
 use estuary::{Client, ClientConfig, ConnectionId, Event};
 
+use crate::bootstrap_server::{BootstrapEvent, BootstrapServer, Provisioning};
 use crate::coaps::{SecureEvent, SecureListener, SecureListenerConfig};
 use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpResult, ServerEvent};
 
@@ -160,6 +161,9 @@ pub struct SimConfig {
     pub client_security: Option<SecurityInstance>,
     /// Put the server behind DTLS with these credentials (a secure link).
     pub server_dtls: Option<SecureListenerConfig>,
+    /// A NoSec bootstrap server at this URI provisioning the client with this, and the
+    /// client's bootstrap account for it (besides the management account).
+    pub bootstrap: Option<(String, Provisioning)>,
 }
 
 impl SimConfig {
@@ -180,7 +184,16 @@ impl SimConfig {
             capture: true,
             client_security: None,
             server_dtls: None,
+            bootstrap: None,
         }
+    }
+
+    /// A NoSec bootstrap server at `uri` (an IP literal or localhost, another port than
+    /// the LwM2M server) that answers the client's Bootstrap-Request with `provisioning`;
+    /// the client gets a bootstrap account for it. Both servers share the links.
+    pub fn with_bootstrap(mut self, uri: &str, provisioning: Provisioning) -> Self {
+        self.bootstrap = Some((uri.to_string(), provisioning));
+        self
     }
 
     /// A secure link: the client uses `security` (its `server_uri` becomes the URI), the
@@ -321,6 +334,8 @@ impl Link {
 struct InFlight {
     dir: Direction,
     data: Vec<u8>,
+    /// Between the client and the bootstrap server (not the LwM2M server).
+    bootstrap: bool,
 }
 
 /// A client and a server on a virtual clock and a simulated link.
@@ -347,6 +362,11 @@ pub struct Sim {
     client_events: Vec<Timed<Event>>,
     server_events: Vec<Timed<ServerEvent>>,
     stalled_steps: u32,
+    /// The bootstrap server and its address, if configured.
+    bootstrap: Option<(SocketAddr, BootstrapServer)>,
+    bootstrap_events: Vec<Timed<BootstrapEvent>>,
+    /// Set while a datagram of the bootstrap exchange is being put on the link.
+    routing_bootstrap: bool,
 }
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
@@ -395,6 +415,30 @@ impl Sim {
         dm.security.insert(0, security)?;
         dm.server
             .insert(0, ServerInstance::new(cfg.ssid, cfg.lifetime))?;
+        let bootstrap = match cfg.bootstrap {
+            Some((bs_uri, provisioning)) => {
+                let u = estuary::lwm2m::ServerUri::parse(&bs_uri)?;
+                let addr = resolve(&u.host, u.port).ok_or_else(|| {
+                    estuary::Error::Config(format!(
+                        "sim: bootstrap URI host {:?} is not an IP address or localhost",
+                        u.host
+                    ))
+                })?;
+                if addr == server_addr {
+                    return Err(estuary::Error::Config(
+                        "sim: the bootstrap server needs its own address".into(),
+                    ));
+                }
+                let mut account = SecurityInstance::nosec(&bs_uri, 0);
+                account.bootstrap_server = true;
+                account.ssid = None;
+                dm.security.insert(1, account)?;
+                let mut bs = BootstrapServer::new(cfg.server_tx_params, server_seed.rotate_left(7));
+                bs.provision(&endpoint_name, provisioning);
+                Some((addr, bs))
+            }
+            None => None,
+        };
         let link = |cfg: LinkConfig, seed: u64| Link {
             cfg,
             rng: SeededRng::new(seed),
@@ -427,6 +471,9 @@ impl Sim {
             client_events: Vec::new(),
             server_events: Vec::new(),
             stalled_steps: 0,
+            bootstrap,
+            bootstrap_events: Vec::new(),
+            routing_bootstrap: false,
         })
     }
 
@@ -472,6 +519,23 @@ impl Sim {
     }
 
     /// The server; datagrams and events it produces are picked up by the next run call.
+    pub fn bootstrap_server(&self) -> Option<&BootstrapServer> {
+        self.bootstrap.as_ref().map(|(_, b)| b)
+    }
+
+    pub fn bootstrap_server_mut(&mut self) -> Option<&mut BootstrapServer> {
+        self.bootstrap.as_mut().map(|(_, b)| b)
+    }
+
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap.as_ref().map(|(a, _)| *a)
+    }
+
+    /// What the bootstrap server did, with the virtual times.
+    pub fn bootstrap_events(&self) -> &[Timed<BootstrapEvent>] {
+        &self.bootstrap_events
+    }
+
     pub fn server_mut(&mut self) -> &mut Lwm2mServer {
         &mut self.server
     }
@@ -714,6 +778,7 @@ impl Sim {
             self.client.poll_timeout(),
             self.server.poll_timeout(),
             self.secure.as_ref().and_then(SecureListener::poll_timeout),
+            self.bootstrap.as_ref().and_then(|(_, b)| b.poll_timeout()),
             self.in_flight.keys().next().map(|k| k.0),
         ]
         .into_iter()
@@ -755,7 +820,11 @@ impl Sim {
             self.links[d.dir.index()].stats.delivered += 1;
             self.links[d.dir.index()].stats.delivered_bytes += d.data.len() as u64;
             self.record(d.dir, CaptureKind::Delivered, &d.data);
-            self.hand_over(d.dir, &d.data);
+            if d.bootstrap {
+                self.hand_over_bootstrap(d.dir, &d.data);
+            } else {
+                self.hand_over(d.dir, &d.data);
+            }
             self.flush();
         }
         if self.client.poll_timeout().is_some_and(|t| t <= now) {
@@ -769,6 +838,12 @@ impl Sim {
         if let Some(secure) = self.secure.as_mut() {
             if secure.poll_timeout().is_some_and(|t| t <= now) {
                 secure.handle_timeout(self.now);
+                self.flush();
+            }
+        }
+        if let Some((_, bs)) = self.bootstrap.as_mut() {
+            if bs.poll_timeout().is_some_and(|t| t <= now) {
+                bs.handle_timeout(self.now);
                 self.flush();
             }
         }
@@ -806,6 +881,22 @@ impl Sim {
         })
     }
 
+    /// A datagram of the bootstrap exchange: to the bootstrap server, or to the client's
+    /// bootstrap connection.
+    fn hand_over_bootstrap(&mut self, dir: Direction, data: &[u8]) {
+        match dir {
+            Direction::ClientToServer => {
+                if let Some((_, bs)) = self.bootstrap.as_mut() {
+                    bs.handle_datagram(self.now, self.client_addr, data);
+                }
+            }
+            Direction::ServerToClient => {
+                self.client
+                    .handle_datagram(self.now, ConnectionId::BOOTSTRAP, data)
+            }
+        }
+    }
+
     fn hand_over(&mut self, dir: Direction, data: &[u8]) {
         match dir {
             Direction::ClientToServer => match self.secure.as_mut() {
@@ -832,12 +923,28 @@ impl Sim {
     /// Moves what both sides want to send onto the link and collects their events.
     fn flush(&mut self) {
         while let Some(t) = self.client.poll_transmit() {
-            let routable = self
+            let to = self
                 .client
                 .connection_uri(t.conn)
-                .and_then(|u| resolve(&u.host, u.port))
-                == Some(self.server_addr);
+                .and_then(|u| resolve(&u.host, u.port));
+            let bootstrap_addr = self.bootstrap_addr();
+            if bootstrap_addr.is_some()
+                && (t.conn == ConnectionId::BOOTSTRAP || to == bootstrap_addr)
+            {
+                self.routing_bootstrap = true;
+                self.send_checked(Direction::ClientToServer, t.data, true);
+                self.routing_bootstrap = false;
+                continue;
+            }
+            let routable = to == Some(self.server_addr);
             self.send_checked(Direction::ClientToServer, t.data, routable);
+        }
+        while let Some((peer, data)) = self.bootstrap.as_mut().and_then(|(_, b)| b.poll_transmit())
+        {
+            let routable = peer == self.client_addr;
+            self.routing_bootstrap = true;
+            self.send_checked(Direction::ServerToClient, data, routable);
+            self.routing_bootstrap = false;
         }
         while let Some((peer, data)) = self.server.poll_transmit() {
             match self.secure.as_mut() {
@@ -863,6 +970,9 @@ impl Sim {
         }
         while let Some(event) = self.server.poll_event() {
             self.server_events.push(Timed { at, event });
+        }
+        while let Some(event) = self.bootstrap.as_mut().and_then(|(_, b)| b.poll_event()) {
+            self.bootstrap_events.push(Timed { at, event });
         }
         while let Some(event) = self.secure.as_mut().and_then(SecureListener::poll_event) {
             self.secure_events.push(Timed { at, event });
@@ -953,8 +1063,14 @@ impl Sim {
     }
 
     fn schedule(&mut self, dir: Direction, at: Instant, data: Vec<u8>) {
-        self.in_flight
-            .insert((at, self.next_seq), InFlight { dir, data });
+        self.in_flight.insert(
+            (at, self.next_seq),
+            InFlight {
+                dir,
+                data,
+                bootstrap: self.routing_bootstrap,
+            },
+        );
         self.next_seq += 1;
     }
 }
@@ -971,6 +1087,31 @@ mod tests {
         sim.start().unwrap();
         assert!(sim.run_until_registered(Duration::from_secs(600)));
         sim
+    }
+
+    #[test]
+    fn bootstrap_server_beside_the_management_server_leaves_registration_routed() {
+        let acct =
+            crate::bootstrap_server::ProvisionedAccount::nosec("coap://127.0.0.1:5683", 1, 60);
+        let cfg = SimConfig::new(1)
+            .with_bootstrap("coap://127.0.0.1:5783", Provisioning::accounts(&[acct]));
+        let sim = registered(cfg);
+        assert_eq!(
+            sim.bootstrap_addr(),
+            Some("127.0.0.1:5783".parse().unwrap())
+        );
+        assert!(sim.bootstrap_server().is_some());
+        // The Register went to the LwM2M server, nothing reached the bootstrap server.
+        assert!(sim.server().registration("sim-client").is_some());
+        assert!(sim.bootstrap_events().is_empty());
+        assert_eq!(sim.stats(UP).unroutable, 0);
+    }
+
+    #[test]
+    fn bootstrap_server_needs_its_own_address() {
+        let cfg =
+            SimConfig::new(1).with_bootstrap("coap://127.0.0.1:5683", Provisioning::default());
+        assert!(Sim::try_new(cfg).is_err());
     }
 
     #[test]
