@@ -415,6 +415,12 @@ typedef struct estuary_device_object_config_t {
 typedef uint16_t estuary_oid_t;
 
 /**
+ * What every handler gets back as `obj_ptr`: the `def_ptr` given to
+ * estuary_register_object(), a pointer to a pointer to the object definition.
+ */
+typedef const struct estuary_dm_object_def_t *const *estuary_dm_obj_ptr_t;
+
+/**
  * A Resource ID.
  */
 typedef uint16_t estuary_rid_t;
@@ -430,12 +436,11 @@ typedef struct estuary_dm_handlers_t {
     /**
      * Required: emits every Instance ID with estuary_dm_emit() (any order).
      */
-    int (*list_instances)(const struct estuary_dm_object_def_t *const *obj_ptr,
-                          struct estuary_dm_list_ctx_t *ctx);
+    int (*list_instances)(estuary_dm_obj_ptr_t obj_ptr, struct estuary_dm_list_ctx_t *ctx);
     /**
      * Required: emits the resources of instance `iid` with estuary_dm_emit_res().
      */
-    int (*list_resources)(const struct estuary_dm_object_def_t *const *obj_ptr,
+    int (*list_resources)(estuary_dm_obj_ptr_t obj_ptr,
                           estuary_iid_t iid,
                           struct estuary_dm_resource_list_ctx_t *ctx);
     /**
@@ -443,7 +448,7 @@ typedef struct estuary_dm_handlers_t {
      * resource, estuary_ret_instance() then one estuary_ret_* per resource instance.
      * NULL: reads answer 4.05.
      */
-    int (*resource_read)(const struct estuary_dm_object_def_t *const *obj_ptr,
+    int (*resource_read)(estuary_dm_obj_ptr_t obj_ptr,
                          estuary_iid_t iid,
                          estuary_rid_t rid,
                          struct estuary_output_ctx_t *ctx);
@@ -451,7 +456,7 @@ typedef struct estuary_dm_handlers_t {
      * Writes a resource: estuary_get_* gives the value; for a multiple resource the new
      * set of resource instances is visited with estuary_get_instance(). NULL: 4.05.
      */
-    int (*resource_write)(const struct estuary_dm_object_def_t *const *obj_ptr,
+    int (*resource_write)(estuary_dm_obj_ptr_t obj_ptr,
                           estuary_iid_t iid,
                           estuary_rid_t rid,
                           struct estuary_input_ctx_t *ctx);
@@ -459,7 +464,7 @@ typedef struct estuary_dm_handlers_t {
      * Executes a resource. `args` holds the `args_size` argument bytes of the request
      * followed by a NUL (so text arguments can be used as a string). NULL: 4.05.
      */
-    int (*resource_execute)(const struct estuary_dm_object_def_t *const *obj_ptr,
+    int (*resource_execute)(estuary_dm_obj_ptr_t obj_ptr,
                             estuary_iid_t iid,
                             estuary_rid_t rid,
                             const char *args,
@@ -467,32 +472,32 @@ typedef struct estuary_dm_handlers_t {
     /**
      * Creates instance `iid` (a server's Create). NULL: 4.05.
      */
-    int (*instance_create)(const struct estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid);
+    int (*instance_create)(estuary_dm_obj_ptr_t obj_ptr, estuary_iid_t iid);
     /**
      * Removes instance `iid` (a server's Delete). NULL: 4.05.
      */
-    int (*instance_remove)(const struct estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid);
+    int (*instance_remove)(estuary_dm_obj_ptr_t obj_ptr, estuary_iid_t iid);
     /**
      * Optional: before a Write-replace of instance `iid`, drops the values of its
      * writable resources. NULL: nothing is dropped.
      */
-    int (*instance_reset)(const struct estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid);
+    int (*instance_reset)(estuary_dm_obj_ptr_t obj_ptr, estuary_iid_t iid);
     /**
      * Optional: starts a transaction around a Write or Create of several resources.
      */
-    int (*transaction_begin)(const struct estuary_dm_object_def_t *const *obj_ptr);
+    int (*transaction_begin)(estuary_dm_obj_ptr_t obj_ptr);
     /**
      * Optional: checks that the written values are consistent; an error rolls back.
      */
-    int (*transaction_validate)(const struct estuary_dm_object_def_t *const *obj_ptr);
+    int (*transaction_validate)(estuary_dm_obj_ptr_t obj_ptr);
     /**
      * Optional: makes the transaction's changes final.
      */
-    int (*transaction_commit)(const struct estuary_dm_object_def_t *const *obj_ptr);
+    int (*transaction_commit)(estuary_dm_obj_ptr_t obj_ptr);
     /**
      * Optional: undoes the changes since transaction_begin (its result is only logged).
      */
-    int (*transaction_rollback)(const struct estuary_dm_object_def_t *const *obj_ptr);
+    int (*transaction_rollback)(estuary_dm_obj_ptr_t obj_ptr);
 } estuary_dm_handlers_t;
 
 /**

@@ -81,6 +81,11 @@ pub const ESTUARY_DM_TYPE_CORELNK: estuary_dm_type_t = 9;
 /// Returned by estuary_get_instance() when every resource instance has been visited.
 pub const ESTUARY_DM_END: c_int = 1;
 
+/// What every handler gets back as `obj_ptr`: the `def_ptr` given to
+/// estuary_register_object(), a pointer to a pointer to the object definition.
+pub type estuary_dm_obj_ptr_t = *const *const estuary_dm_object_def_t;
+type ObjPtr = estuary_dm_obj_ptr_t;
+
 /// The context of a list_instances handler (for estuary_dm_emit()).
 pub struct estuary_dm_list_ctx_t {
     ids: Vec<u16>,
@@ -134,14 +139,14 @@ pub struct estuary_dm_handlers_t {
     /// Required: emits every Instance ID with estuary_dm_emit() (any order).
     pub list_instances: Option<
         unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
+            obj_ptr: estuary_dm_obj_ptr_t,
             ctx: *mut estuary_dm_list_ctx_t,
         ) -> c_int,
     >,
     /// Required: emits the resources of instance `iid` with estuary_dm_emit_res().
     pub list_resources: Option<
         unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
+            obj_ptr: estuary_dm_obj_ptr_t,
             iid: estuary_iid_t,
             ctx: *mut estuary_dm_resource_list_ctx_t,
         ) -> c_int,
@@ -151,7 +156,7 @@ pub struct estuary_dm_handlers_t {
     /// NULL: reads answer 4.05.
     pub resource_read: Option<
         unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
+            obj_ptr: estuary_dm_obj_ptr_t,
             iid: estuary_iid_t,
             rid: estuary_rid_t,
             ctx: *mut estuary_output_ctx_t,
@@ -161,7 +166,7 @@ pub struct estuary_dm_handlers_t {
     /// set of resource instances is visited with estuary_get_instance(). NULL: 4.05.
     pub resource_write: Option<
         unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
+            obj_ptr: estuary_dm_obj_ptr_t,
             iid: estuary_iid_t,
             rid: estuary_rid_t,
             ctx: *mut estuary_input_ctx_t,
@@ -171,7 +176,7 @@ pub struct estuary_dm_handlers_t {
     /// followed by a NUL (so text arguments can be used as a string). NULL: 4.05.
     pub resource_execute: Option<
         unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
+            obj_ptr: estuary_dm_obj_ptr_t,
             iid: estuary_iid_t,
             rid: estuary_rid_t,
             args: *const c_char,
@@ -179,39 +184,23 @@ pub struct estuary_dm_handlers_t {
         ) -> c_int,
     >,
     /// Creates instance `iid` (a server's Create). NULL: 4.05.
-    pub instance_create: Option<
-        unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
-            iid: estuary_iid_t,
-        ) -> c_int,
-    >,
+    pub instance_create:
+        Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t, iid: estuary_iid_t) -> c_int>,
     /// Removes instance `iid` (a server's Delete). NULL: 4.05.
-    pub instance_remove: Option<
-        unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
-            iid: estuary_iid_t,
-        ) -> c_int,
-    >,
+    pub instance_remove:
+        Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t, iid: estuary_iid_t) -> c_int>,
     /// Optional: before a Write-replace of instance `iid`, drops the values of its
     /// writable resources. NULL: nothing is dropped.
-    pub instance_reset: Option<
-        unsafe extern "C" fn(
-            obj_ptr: *const *const estuary_dm_object_def_t,
-            iid: estuary_iid_t,
-        ) -> c_int,
-    >,
+    pub instance_reset:
+        Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t, iid: estuary_iid_t) -> c_int>,
     /// Optional: starts a transaction around a Write or Create of several resources.
-    pub transaction_begin:
-        Option<unsafe extern "C" fn(obj_ptr: *const *const estuary_dm_object_def_t) -> c_int>,
+    pub transaction_begin: Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t) -> c_int>,
     /// Optional: checks that the written values are consistent; an error rolls back.
-    pub transaction_validate:
-        Option<unsafe extern "C" fn(obj_ptr: *const *const estuary_dm_object_def_t) -> c_int>,
+    pub transaction_validate: Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t) -> c_int>,
     /// Optional: makes the transaction's changes final.
-    pub transaction_commit:
-        Option<unsafe extern "C" fn(obj_ptr: *const *const estuary_dm_object_def_t) -> c_int>,
+    pub transaction_commit: Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t) -> c_int>,
     /// Optional: undoes the changes since transaction_begin (its result is only logged).
-    pub transaction_rollback:
-        Option<unsafe extern "C" fn(obj_ptr: *const *const estuary_dm_object_def_t) -> c_int>,
+    pub transaction_rollback: Option<unsafe extern "C" fn(obj_ptr: estuary_dm_obj_ptr_t) -> c_int>,
 }
 
 // ---- live contexts --------------------------------------------------------------------
@@ -331,8 +320,6 @@ fn dm_error_of_code(c: u8) -> DmError {
         other => DmError::Code(other),
     }
 }
-
-type ObjPtr = *const *const estuary_dm_object_def_t;
 
 /// A C object definition as a [`crate::dm::Object`].
 pub(crate) struct CObject {

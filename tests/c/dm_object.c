@@ -1,0 +1,340 @@
+/*
+ * The firmware-object API from C: estuary_register_object() and every helper refuse NULL
+ * and contexts that are not live, without touching them; then, registered with a real
+ * server (tests/c_api.rs plays it over UDP on 127.0.0.1), the handlers of object 9000
+ * check the helpers from inside (invalid UTF-8, undersized buffers, wrong types) while the
+ * server checks that each handler error code comes back as the matching CoAP code.
+ *
+ *   dm_object                 only the checks that need no server
+ *   dm_object coap://HOST:P   also registers and serves until /9000/0/21 is executed
+ *
+ * Object 9000, instance 0:
+ *   0   R  string   "ok"
+ *   1   R  string   returns invalid UTF-8 (refused), then 0: the server gets 5.00
+ *   2   R  opaque   NULL data with a size (refused), then 0: 5.00
+ *   3   R  float    estuary_ret_bool on a float (refused), then 0: 5.00
+ *   4   RM integer  instances 0 and 5, one refusal for a missing estuary_ret_instance()
+ *   5   RW string   write: a 4-byte buffer gets ESTUARY_ERR_NO_SPACE, then 64 bytes
+ *   6   W  opaque   write: a 2-byte buffer gets ESTUARY_ERR_NO_SPACE, then 16 bytes
+ *   20  E           returns the integer given as argument (e.g. "-131" -> 4.03)
+ *   21  E           stops the event loop
+ *   100+k R integer returns -(code k) from the table in tests/c_api.rs (CODES)
+ *
+ * Exits 0 when every check passed; prints "N checks, M failed".
+ */
+#include <estuary.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_checks;
+static int g_failures;
+
+#define CHECK_RC(expr, expected)                                               \
+    do {                                                                       \
+        int rc_ = (expr);                                                      \
+        g_checks++;                                                            \
+        if (rc_ != (expected)) {                                               \
+            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n",       \
+                    __FILE__, __LINE__, #expr, rc_, estuary_error_name(rc_),   \
+                    #expected);                                                \
+            g_failures++;                                                      \
+        }                                                                      \
+    } while (0)
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        g_checks++;                                                            \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            g_failures++;                                                      \
+        }                                                                      \
+    } while (0)
+
+/* The handler errors the server checks, in the order of resources 100, 101, ... */
+static const int CODES[] = {
+    ESTUARY_ERR_BAD_REQUEST,         ESTUARY_ERR_UNAUTHORIZED,
+    ESTUARY_ERR_BAD_OPTION,          ESTUARY_ERR_FORBIDDEN,
+    ESTUARY_ERR_NOT_FOUND,           ESTUARY_ERR_METHOD_NOT_ALLOWED,
+    ESTUARY_ERR_NOT_ACCEPTABLE,      ESTUARY_ERR_PRECONDITION_FAILED,
+    ESTUARY_ERR_REQUEST_ENTITY_TOO_LARGE,
+    ESTUARY_ERR_UNSUPPORTED_CONTENT_FORMAT,
+    ESTUARY_ERR_INTERNAL_SERVER_ERROR, ESTUARY_ERR_NOT_IMPLEMENTED,
+    ESTUARY_ERR_SERVICE_UNAVAILABLE,
+    /* Not CoAP codes: answered 5.00. */
+    ESTUARY_ERR_INTERNAL,            ESTUARY_ERR_NO_SPACE, 7,
+};
+#define N_CODES (sizeof(CODES) / sizeof(CODES[0]))
+
+static estuary_t *g_estuary;
+static char g_string[64] = "initial";
+static estuary_output_ctx_t *g_stale_out;
+
+/* Firmware state next to its definition: obj_ptr leads back to it. */
+struct test_object {
+    const estuary_dm_object_def_t *def;
+    int executed;
+};
+
+static struct test_object *container(const estuary_dm_object_def_t *const *obj_ptr) {
+    return (struct test_object *) (void *) obj_ptr;
+}
+
+static int list_instances(const estuary_dm_object_def_t *const *obj_ptr,
+                          estuary_dm_list_ctx_t *ctx) {
+    (void) obj_ptr;
+    CHECK_RC(estuary_dm_emit(ctx, ESTUARY_ID_INVALID), ESTUARY_ERR_INVALID_ARGUMENT);
+    return estuary_dm_emit(ctx, 0);
+}
+
+static int list_resources(const estuary_dm_object_def_t *const *obj_ptr,
+                          estuary_iid_t iid, estuary_dm_resource_list_ctx_t *ctx) {
+    (void) obj_ptr;
+    if (iid != 0) {
+        return ESTUARY_ERR_NOT_FOUND;
+    }
+    const estuary_dm_resource_presence_t p = ESTUARY_DM_RES_PRESENT;
+    int rc = estuary_dm_emit_res(ctx, 0, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_STRING);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 1, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_STRING);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 2, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_OPAQUE);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 3, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_FLOAT);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 4, ESTUARY_DM_RES_RM, p, ESTUARY_DM_TYPE_INTEGER);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 5, ESTUARY_DM_RES_RW, p, ESTUARY_DM_TYPE_STRING);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 6, ESTUARY_DM_RES_W, p, ESTUARY_DM_TYPE_OPAQUE);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 20, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 21, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
+    for (unsigned k = 0; !rc && k < N_CODES; k++) {
+        rc = estuary_dm_emit_res(ctx, (estuary_rid_t) (100 + k), ESTUARY_DM_RES_R, p,
+                                 ESTUARY_DM_TYPE_INTEGER);
+    }
+    /* Refusals that leave the listing intact. */
+    CHECK_RC(estuary_dm_emit_res(ctx, 0, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_STRING),
+             ESTUARY_ERR_ALREADY_EXISTS);
+    CHECK_RC(estuary_dm_emit_res(ctx, 7, 42, p, ESTUARY_DM_TYPE_STRING),
+             ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_dm_emit_res(ctx, 7, ESTUARY_DM_RES_R, 9, ESTUARY_DM_TYPE_STRING),
+             ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_dm_emit_res(ctx, 7, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_NONE),
+             ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_dm_emit_res(ctx, 65535, ESTUARY_DM_RES_R, p, ESTUARY_DM_TYPE_STRING),
+             ESTUARY_ERR_INVALID_ARGUMENT);
+    return rc;
+}
+
+static int resource_read(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid,
+                         estuary_rid_t rid, estuary_output_ctx_t *ctx) {
+    (void) obj_ptr;
+    (void) iid;
+    g_stale_out = ctx;
+    switch (rid) {
+    case 0:
+        return estuary_ret_string(ctx, "ok");
+    case 1:
+        CHECK_RC(estuary_ret_string(ctx, "\xc3\x28"), ESTUARY_ERR_INVALID_ARGUMENT);
+        CHECK_RC(estuary_ret_string(ctx, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        return 0;
+    case 2:
+        CHECK_RC(estuary_ret_bytes(ctx, NULL, 3), ESTUARY_ERR_NULL_ARGUMENT);
+        return 0;
+    case 3:
+        CHECK_RC(estuary_ret_bool(ctx, true), ESTUARY_ERR_INVALID_ARGUMENT);
+        CHECK_RC(estuary_ret_objlnk(ctx, 3, 0), ESTUARY_ERR_INVALID_ARGUMENT);
+        return 0;
+    case 4:
+        if (estuary_ret_instance(ctx, 0) || estuary_ret_i64(ctx, -1)
+                || estuary_ret_instance(ctx, 5)) {
+            return ESTUARY_ERR_INTERNAL_SERVER_ERROR;
+        }
+        return estuary_ret_u64(ctx, 5);
+    case 5:
+        return estuary_ret_string(ctx, g_string);
+    default:
+        if (rid >= 100 && rid < 100 + N_CODES) {
+            return CODES[rid - 100];
+        }
+        return ESTUARY_ERR_NOT_FOUND;
+    }
+}
+
+static int resource_write(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid,
+                          estuary_rid_t rid, estuary_input_ctx_t *ctx) {
+    (void) obj_ptr;
+    (void) iid;
+    if (rid == 5) {
+        char small[4] = { 'x', 'x', 'x', 'x' };
+        CHECK_RC(estuary_get_string(ctx, small, sizeof(small)), ESTUARY_ERR_NO_SPACE);
+        CHECK(small[0] == 'x');
+        CHECK_RC(estuary_get_string(ctx, NULL, 8), ESTUARY_ERR_NULL_ARGUMENT);
+        return estuary_get_string(ctx, g_string, sizeof(g_string));
+    }
+    if (rid == 6) {
+        unsigned char small[2];
+        unsigned char big[16];
+        size_t n = 99;
+        CHECK_RC(estuary_get_bytes(ctx, small, sizeof(small), &n), ESTUARY_ERR_NO_SPACE);
+        CHECK(n == 99);
+        CHECK_RC(estuary_get_bytes(ctx, big, sizeof(big), NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        int rc = estuary_get_bytes(ctx, big, sizeof(big), &n);
+        if (rc) {
+            return rc;
+        }
+        return n == 3 && memcmp(big, "\x01\x02\x03", 3) == 0 ? 0 : ESTUARY_ERR_BAD_REQUEST;
+    }
+    return ESTUARY_ERR_METHOD_NOT_ALLOWED;
+}
+
+static int resource_execute(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid,
+                            estuary_rid_t rid, const char *args, size_t args_size) {
+    (void) iid;
+    container(obj_ptr)->executed++;
+    CHECK(args != NULL && args[args_size] == '\0');
+    if (rid == 20) {
+        return atoi(args);
+    }
+    if (rid == 21) {
+        /* The only Estuary call allowed from inside a handler besides the helpers. */
+        return estuary_event_loop_interrupt(g_estuary);
+    }
+    return ESTUARY_ERR_METHOD_NOT_ALLOWED;
+}
+
+static const estuary_dm_object_def_t OBJECT_DEF = {
+    .oid = 9000,
+    .version = "1.2",
+    .handlers = {
+        .list_instances = list_instances,
+        .list_resources = list_resources,
+        .resource_read = resource_read,
+        .resource_write = resource_write,
+        .resource_execute = resource_execute,
+    },
+};
+
+static struct test_object g_object = { .def = &OBJECT_DEF };
+
+/* Everything that needs no handler running: NULLs and contexts that are not live. */
+static void check_without_server(void) {
+    estuary_configuration_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.endpoint_name = "dm-object-offline";
+    estuary_t *e = estuary_new(&cfg);
+    CHECK(e != NULL);
+    if (!e) {
+        return;
+    }
+    const estuary_dm_object_def_t *null_def = NULL;
+    estuary_dm_object_def_t reserved = OBJECT_DEF;
+    reserved.oid = 3;
+    const estuary_dm_object_def_t *reserved_ptr = &reserved;
+    estuary_dm_object_def_t no_list = OBJECT_DEF;
+    no_list.handlers.list_instances = NULL;
+    const estuary_dm_object_def_t *no_list_ptr = &no_list;
+    estuary_dm_object_def_t bad_version = OBJECT_DEF;
+    bad_version.version = "\xff.1";
+    const estuary_dm_object_def_t *bad_version_ptr = &bad_version;
+    const estuary_dm_object_def_t *const *def_ptr = &g_object.def;
+
+    CHECK_RC(estuary_register_object(NULL, def_ptr), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_register_object(e, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_register_object(e, &null_def), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_register_object(e, &no_list_ptr), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_register_object(e, &reserved_ptr), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_register_object(e, &bad_version_ptr), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_register_object(e, def_ptr), 0);
+    CHECK_RC(estuary_register_object(e, def_ptr), ESTUARY_ERR_ALREADY_EXISTS);
+
+    /*NOTIFY*/
+
+    /* NULL contexts. */
+    int64_t i = 0;
+    uint64_t u = 0;
+    double d = 0;
+    bool b = false;
+    char s[8];
+    size_t n = 0;
+    estuary_oid_t o = 0;
+    estuary_iid_t ii = 0;
+    estuary_riid_t ri = 0;
+    CHECK_RC(estuary_dm_emit(NULL, 0), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_dm_emit_res(NULL, 0, ESTUARY_DM_RES_R, ESTUARY_DM_RES_PRESENT,
+                                 ESTUARY_DM_TYPE_STRING),
+             ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_instance(NULL, 0), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_i64(NULL, 1), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_u64(NULL, 1), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_double(NULL, 1.0), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_bool(NULL, true), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_string(NULL, "x"), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_bytes(NULL, "x", 1), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_ret_objlnk(NULL, 3, 0), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_instance(NULL, &ri), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_i64(NULL, &i), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_u64(NULL, &u), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_double(NULL, &d), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_bool(NULL, &b), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_string(NULL, s, sizeof(s)), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_bytes(NULL, s, sizeof(s), &n), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_get_objlnk(NULL, &o, &ii), ESTUARY_ERR_NULL_ARGUMENT);
+
+    /* Pointers that are not live contexts are refused without being dereferenced (a
+     * one-byte object: reading it as a context would trip AddressSanitizer). */
+    char *forged = malloc(1);
+    CHECK(forged != NULL);
+    estuary_dm_list_ctx_t *list = (estuary_dm_list_ctx_t *) (void *) forged;
+    estuary_output_ctx_t *out = (estuary_output_ctx_t *) (void *) forged;
+    estuary_input_ctx_t *in = (estuary_input_ctx_t *) (void *) forged;
+    CHECK_RC(estuary_dm_emit(list, 0), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_ret_i64(out, 1), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_ret_string(out, "x"), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_get_string(in, s, sizeof(s)), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_get_bytes(in, s, sizeof(s), &n), ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_get_double(in, &d), ESTUARY_ERR_INVALID_ARGUMENT);
+    free(forged);
+    estuary_delete(e);
+}
+
+int main(int argc, char **argv) {
+    check_without_server();
+    if (argc > 1) {
+        estuary_configuration_t cfg;
+        memset(&cfg, 0, sizeof(cfg));
+        cfg.endpoint_name = "dm-object";
+        g_estuary = estuary_new(&cfg);
+        CHECK(g_estuary != NULL);
+        const estuary_security_instance_t security = {
+            .ssid = 1,
+            .server_uri = argv[1],
+            .security_mode = ESTUARY_SECURITY_NOSEC,
+            .client_holdoff_s = -1,
+            .bootstrap_timeout_s = -1,
+        };
+        const estuary_server_instance_t server = {
+            .ssid = 1,
+            .lifetime = 60,
+            .default_min_period = -1,
+            .default_max_period = -1,
+            .disable_timeout = -1,
+        };
+        estuary_iid_t iid = ESTUARY_ID_INVALID;
+        CHECK_RC(estuary_security_object_install(g_estuary), 0);
+        CHECK_RC(estuary_security_object_add_instance(g_estuary, &security, &iid), 0);
+        iid = ESTUARY_ID_INVALID;
+        CHECK_RC(estuary_server_object_install(g_estuary), 0);
+        CHECK_RC(estuary_server_object_add_instance(g_estuary, &server, &iid), 0);
+        CHECK_RC(estuary_register_object(g_estuary, &g_object.def), 0);
+        CHECK_RC(estuary_event_loop_run(g_estuary,
+                                        estuary_time_duration_from_scalar(100, ESTUARY_TIME_MS)),
+                 0);
+        /* Contexts die with their handler call. */
+        CHECK(g_stale_out != NULL);
+        CHECK_RC(estuary_ret_i64(g_stale_out, 1), ESTUARY_ERR_INVALID_ARGUMENT);
+        CHECK(g_object.executed >= 2);
+        /* Once the loop has started, objects cannot be added. */
+        CHECK_RC(estuary_register_object(g_estuary, &g_object.def), ESTUARY_ERR_NOT_SUPPORTED);
+        estuary_delete(g_estuary);
+    }
+    printf("%d checks, %d failed\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}
