@@ -6,16 +6,16 @@
 //!
 //! It never reads a clock or touches a socket; `io::Driver` and the simulator do.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use log::{debug, warn};
 
-use crate::coap::{self, code, Endpoint, InboundRequest, RequestType, TxParams};
+use crate::coap::{self, Endpoint, EndpointEvent, InboundRequest, TxParams};
 use crate::dm::objects::SecurityMode;
-use crate::dm::ops::{self, Requester};
 use crate::dm::{link, DataModel, Object, Path};
 use crate::error::Error;
 use crate::lwm2m::registration::{RegistrationParams, SessionEvent};
+use crate::lwm2m::server_dm::ServerDm;
 use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
 use crate::rng::RandomSource;
 use crate::time::{Instant, Now};
@@ -67,6 +67,8 @@ pub struct ClientConfig {
     /// Bytes of responses kept for answering retransmitted requests.
     pub msg_cache_size: usize,
     pub udp_tx_params: TxParams,
+    /// Send Observe notifications as confirmable messages (default: non-confirmable).
+    pub confirmable_notifications: bool,
 }
 
 impl ClientConfig {
@@ -83,6 +85,7 @@ impl ClientConfig {
             out_buffer_size: Self::DEFAULT_OUT_BUFFER_SIZE,
             msg_cache_size: Self::DEFAULT_MSG_CACHE_SIZE,
             udp_tx_params: TxParams::default(),
+            confirmable_notifications: false,
         }
     }
 
@@ -121,6 +124,8 @@ pub struct Client {
     started: bool,
     shutting_down: bool,
     next_conn_poll: usize,
+    /// Attributes and observations per server (SSID).
+    server_dm: BTreeMap<u16, ServerDm>,
 }
 
 impl Client {
@@ -138,6 +143,7 @@ impl Client {
             started: false,
             shutting_down: false,
             next_conn_poll: 0,
+            server_dm: BTreeMap::new(),
         })
     }
 
@@ -321,12 +327,9 @@ impl Client {
     }
 
     fn drive(&mut self, now: Now) {
-        for ssid in self.dm.server.take_update_triggers() {
-            if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
-                s.request_update();
-            }
-        }
+        self.apply_server_actions(now);
         let links = link::registration_payload(&self.dm);
+        let mut handled_requests = false;
         for i in 0..self.sessions.len() {
             let ssid = self.sessions[i].ssid;
             let params = self.registration_params(ssid, &links);
@@ -338,10 +341,21 @@ impl Client {
                 self.sessions[i].endpoint.handle_timeout(now.mono);
             }
             while let Some(ev) = self.sessions[i].endpoint.poll_event() {
+                let Some(ev) = self.notification_event(ssid, ev) else {
+                    continue;
+                };
                 let (sev, req) = self.sessions[i].on_endpoint_event(now.mono, ev);
                 if let Some(req) = req {
-                    let resp = self.handle_request(&req);
+                    handled_requests = true;
+                    let resp = self.handle_request(now, ssid, &req);
                     self.sessions[i].endpoint.respond(now.mono, &req, resp);
+                }
+                if matches!(
+                    sev,
+                    Some(SessionEvent::Registered { .. } | SessionEvent::Deregistered)
+                ) {
+                    // A new registration starts without observations (LwM2M 1.1 §6.4.1).
+                    self.server_dm_mut(ssid).observe.clear();
                 }
                 if let Some(sev) = sev {
                     self.events.push_back(match sev {
@@ -361,6 +375,19 @@ impl Client {
                 if let Some(params) = &params {
                     self.sessions[i].on_timeout(now.mono, params);
                 }
+                self.send_notifications(now, i);
+            }
+        }
+        // Executes above (Disable, Update Trigger) act at once, after their responses.
+        self.apply_server_actions(now);
+        // A Write or Create may have changed what the servers must know (lifetime, binding,
+        // object list): Update now rather than at the next timer.
+        if handled_requests && !self.shutting_down {
+            let links = link::registration_payload(&self.dm);
+            for i in 0..self.sessions.len() {
+                if let Some(params) = self.registration_params(self.sessions[i].ssid, &links) {
+                    self.sessions[i].on_timeout(now.mono, &params);
+                }
             }
         }
         if self.dm.device.take_reboot_request() {
@@ -368,41 +395,107 @@ impl Client {
         }
     }
 
-    /// Answers a request from a management server out of the data model.
-    fn handle_request(&mut self, req: &InboundRequest) -> coap::Packet {
-        let p = &req.packet;
-        let path = match coap::uri_path(p).map(|segs| Path::from_segments(&segs)) {
-            Some(Ok(path)) => path,
-            _ => {
-                debug!("request with an invalid path");
-                return coap::new_response(code::BAD_REQUEST);
+    fn server_dm_mut(&mut self, ssid: u16) -> &mut ServerDm {
+        self.server_dm
+            .entry(ssid)
+            .or_insert_with(|| ServerDm::new(ssid))
+    }
+
+    /// Answers a request from a management server out of the data model, and tells every
+    /// server's observations what it changed.
+    fn handle_request(&mut self, now: Now, ssid: u16, req: &InboundRequest) -> coap::Packet {
+        let dm = &mut self.dm;
+        let state = self
+            .server_dm
+            .entry(ssid)
+            .or_insert_with(|| ServerDm::new(ssid));
+        let handled = state.handle_request(dm, now.mono, req);
+        if let Some(gone) = handled.deleted {
+            // Observers of the instance hear 4.04 in their next notification, which ends them.
+            for s in self.server_dm.values_mut() {
+                s.attributes.remove_under(&gone);
+                s.observe.mark_changed(&gone);
             }
+        }
+        for p in &handled.changed {
+            self.mark_changed(p);
+        }
+        handled.response
+    }
+
+    fn mark_changed(&mut self, path: &Path) {
+        for s in self.server_dm.values_mut() {
+            s.observe.mark_changed(path);
+        }
+    }
+
+    /// Announces that the value at `path` (or anything below it) changed; observers are
+    /// notified as their attributes allow.
+    pub fn notify_changed(&mut self, now: Now, path: &Path) {
+        self.mark_changed(path);
+        self.drive(now);
+    }
+
+    /// Sends later notifications as confirmable (true) or non-confirmable messages.
+    pub fn set_confirmable_notifications(&mut self, confirmable: bool) {
+        self.cfg.confirmable_notifications = confirmable;
+    }
+
+    /// Number of observations `ssid` holds on this client.
+    pub fn observation_count(&self, ssid: u16) -> usize {
+        self.server_dm.get(&ssid).map_or(0, |s| s.observe.len())
+    }
+
+    /// Takes endpoint events that concern our notifications; passes the others on.
+    fn notification_event(&mut self, ssid: u16, ev: EndpointEvent) -> Option<EndpointEvent> {
+        let Some(state) = self.server_dm.get_mut(&ssid) else {
+            return Some(ev);
         };
-        let method = match p.header.code {
-            coap::MessageClass::Request(m) => m,
-            _ => return coap::new_response(code::BAD_REQUEST),
-        };
-        let who = Requester::Management;
-        let result = match method {
-            RequestType::Get => {
-                ops::read(&self.dm, &path, coap::accept_of(p), who).map(|(cf, payload)| {
-                    let mut r = coap::new_response(code::CONTENT);
-                    coap::set_content_format(&mut r, cf);
-                    r.payload = payload;
-                    r
-                })
+        match ev {
+            EndpointEvent::Delivered { handle } if state.observe.owns(handle) => {
+                state.observe.on_delivered(handle);
+                None
             }
-            RequestType::Post if path.rid().is_some() => {
-                ops::execute(&mut self.dm, &path, &p.payload, who)
-                    .map(|()| coap::new_response(code::CHANGED))
+            EndpointEvent::Failed { handle, error } if state.observe.owns(handle) => {
+                if state.observe.on_failed(handle) {
+                    debug!("ssid={ssid}: observation ended, notification {error}");
+                }
+                None
             }
-            _ => Err(crate::dm::DmError::MethodNotAllowed),
+            ev => Some(ev),
+        }
+    }
+
+    fn send_notifications(&mut self, now: Now, i: usize) {
+        let ssid = self.sessions[i].ssid;
+        if !self.sessions[i].is_registered() {
+            return;
+        }
+        let Some(state) = self.server_dm.get_mut(&ssid) else {
+            return;
         };
-        match result {
-            Ok(r) => r,
-            Err(e) => {
-                debug!("{method:?} {path}: {e}");
-                coap::new_response(e.coap_code())
+        let confirmable = self.cfg.confirmable_notifications;
+        for (token, packet) in state.poll_notifications(&self.dm, now.mono) {
+            let handle = self.sessions[i].endpoint.send_message(
+                now.mono,
+                token.clone(),
+                packet,
+                confirmable,
+            );
+            state.observe.sent(handle, token);
+        }
+    }
+
+    /// Registration Update Triggers and Disables executed on the Server object.
+    fn apply_server_actions(&mut self, now: Now) {
+        for ssid in self.dm.server.take_update_triggers() {
+            if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
+                s.request_update();
+            }
+        }
+        for (ssid, timeout) in self.dm.server.take_disable_requests() {
+            if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
+                s.disable(now.mono, timeout);
             }
         }
     }
@@ -425,7 +518,16 @@ impl Client {
 
     /// The earliest time [`Client::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.iter().filter_map(|s| s.poll_timeout()).min()
+        let notify = self
+            .sessions
+            .iter()
+            .filter(|s| s.is_registered())
+            .filter_map(|s| self.server_dm.get(&s.ssid)?.next_deadline(&self.dm));
+        self.sessions
+            .iter()
+            .filter_map(|s| s.poll_timeout())
+            .chain(notify)
+            .min()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

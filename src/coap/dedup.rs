@@ -2,6 +2,10 @@
 //! message IDs from one peer with the response we sent, so a retransmitted request is
 //! answered again with the same bytes instead of being executed twice.
 //!
+//! Entries are keyed by message ID *and* token: a stray datagram that happened to use a
+//! message ID the peer later uses for a real request (with its own token) must not make
+//! that request look like a duplicate and get the stray's cached answer.
+//!
 //! Bounded in bytes by `msg_cache_size`; entries expire after EXCHANGE_LIFETIME.
 
 use std::collections::VecDeque;
@@ -14,6 +18,7 @@ const ENTRY_OVERHEAD: usize = 16;
 #[derive(Debug)]
 struct Entry {
     mid: u16,
+    token: Vec<u8>,
     expires: Instant,
     response: Option<Vec<u8>>,
 }
@@ -48,7 +53,7 @@ impl MessageCache {
     }
 
     fn cost(e: &Entry) -> usize {
-        ENTRY_OVERHEAD + e.response.as_ref().map_or(0, Vec::len)
+        ENTRY_OVERHEAD + e.token.len() + e.response.as_ref().map_or(0, Vec::len)
     }
 
     fn expire(&mut self, now: Instant) {
@@ -69,34 +74,51 @@ impl MessageCache {
         }
     }
 
-    /// Looks up `mid`; a new one is recorded as pending until `record_response`.
-    pub fn check(&mut self, now: Instant, mid: u16, lifetime: core::time::Duration) -> Seen<'_> {
+    /// Looks up `mid` with `token`; a new pair is recorded as pending until
+    /// `record_response`.
+    pub fn check(
+        &mut self,
+        now: Instant,
+        mid: u16,
+        token: &[u8],
+        lifetime: core::time::Duration,
+    ) -> Seen<'_> {
         self.expire(now);
-        if let Some(i) = self.entries.iter().position(|e| e.mid == mid) {
+        if let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.mid == mid && e.token == token)
+        {
             return match &self.entries[i].response {
                 Some(r) => Seen::Answered(r),
                 None => Seen::Pending,
             };
         }
-        self.evict_to_fit(ENTRY_OVERHEAD);
-        if self.used + ENTRY_OVERHEAD <= self.capacity {
+        let cost = ENTRY_OVERHEAD + token.len();
+        self.evict_to_fit(cost);
+        if self.used + cost <= self.capacity {
             self.entries.push_back(Entry {
                 mid,
+                token: token.to_vec(),
                 expires: now + lifetime,
                 response: None,
             });
-            self.used += ENTRY_OVERHEAD;
+            self.used += cost;
         }
         Seen::New
     }
 
     /// Stores the response sent for `mid`, evicting the oldest entries if needed; a response
     /// larger than the whole cache is not kept (the request would then run again).
-    pub fn record_response(&mut self, mid: u16, bytes: &[u8]) {
-        let Some(i) = self.entries.iter().position(|e| e.mid == mid) else {
+    pub fn record_response(&mut self, mid: u16, token: &[u8], bytes: &[u8]) {
+        let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.mid == mid && e.token == token)
+        else {
             return;
         };
-        if ENTRY_OVERHEAD + bytes.len() > self.capacity {
+        if ENTRY_OVERHEAD + token.len() + bytes.len() > self.capacity {
             return;
         }
         let old = Self::cost(&self.entries[i]);
@@ -138,19 +160,19 @@ mod tests {
     fn duplicate_is_answered_with_recorded_bytes() {
         let mut c = MessageCache::new(1024);
         let t = Instant::from_millis(0);
-        assert_eq!(c.check(t, 7, LIFE), Seen::New);
-        assert_eq!(c.check(t, 7, LIFE), Seen::Pending);
-        c.record_response(7, b"resp");
-        assert_eq!(c.check(t, 7, LIFE), Seen::Answered(b"resp"));
+        assert_eq!(c.check(t, 7, b"tk", LIFE), Seen::New);
+        assert_eq!(c.check(t, 7, b"tk", LIFE), Seen::Pending);
+        c.record_response(7, b"tk", b"resp");
+        assert_eq!(c.check(t, 7, b"tk", LIFE), Seen::Answered(b"resp"));
     }
 
     #[test]
     fn entries_expire_after_lifetime() {
         let mut c = MessageCache::new(1024);
-        c.check(Instant::from_millis(0), 1, LIFE);
-        c.record_response(1, b"x");
+        c.check(Instant::from_millis(0), 1, b"", LIFE);
+        c.record_response(1, b"", b"x");
         let later = Instant::from_millis(0) + LIFE;
-        assert_eq!(c.check(later, 1, LIFE), Seen::New);
+        assert_eq!(c.check(later, 1, b"", LIFE), Seen::New);
     }
 
     #[test]
@@ -158,21 +180,35 @@ mod tests {
         let mut c = MessageCache::new(200);
         let t = Instant::from_millis(0);
         for mid in 0..20u16 {
-            assert_eq!(c.check(t, mid, LIFE), Seen::New);
-            c.record_response(mid, &[0u8; 40]);
+            assert_eq!(c.check(t, mid, b"", LIFE), Seen::New);
+            c.record_response(mid, b"", &[0u8; 40]);
             assert!(c.bytes_used() <= 200, "used {}", c.bytes_used());
         }
-        assert_eq!(c.check(t, 19, LIFE), Seen::Answered(&[0u8; 40][..]));
-        assert_eq!(c.check(t, 0, LIFE), Seen::New);
+        assert_eq!(c.check(t, 19, b"", LIFE), Seen::Answered(&[0u8; 40][..]));
+        assert_eq!(c.check(t, 0, b"", LIFE), Seen::New);
     }
 
     #[test]
     fn oversized_response_is_not_cached() {
         let mut c = MessageCache::new(64);
         let t = Instant::from_millis(0);
-        c.check(t, 3, LIFE);
-        c.record_response(3, &[1u8; 100]);
-        assert_eq!(c.check(t, 3, LIFE), Seen::Pending);
+        c.check(t, 3, b"", LIFE);
+        c.record_response(3, b"", &[1u8; 100]);
+        assert_eq!(c.check(t, 3, b"", LIFE), Seen::Pending);
         assert!(c.bytes_used() <= 64);
+    }
+
+    #[test]
+    fn same_mid_with_another_token_is_new() {
+        let mut c = MessageCache::new(1024);
+        let t = Instant::from_millis(0);
+        // A stray message claims MID 9 first ...
+        assert_eq!(c.check(t, 9, b"junk", LIFE), Seen::New);
+        c.record_response(9, b"junk", b"rst");
+        // ... the real request with the same MID but its own token is still processed.
+        assert_eq!(c.check(t, 9, b"real", LIFE), Seen::New);
+        c.record_response(9, b"real", b"2.05");
+        assert_eq!(c.check(t, 9, b"real", LIFE), Seen::Answered(b"2.05"));
+        assert_eq!(c.check(t, 9, b"junk", LIFE), Seen::Answered(b"rst"));
     }
 }

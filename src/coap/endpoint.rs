@@ -3,8 +3,11 @@
 //! It owns message IDs and tokens, retransmits confirmable messages with exponential
 //! back-off (RFC 7252 §4.2), matches responses to requests (piggybacked in the ACK or
 //! separate, after an empty ACK), answers duplicates from the [`MessageCache`], rejects
-//! what it cannot match with RST, and enforces NSTART. It does not know LwM2M paths,
-//! block-wise transfers or sockets: callers feed datagrams in and take datagrams out.
+//! what it cannot match with RST, and enforces NSTART. It keeps Observe (RFC 7641) tokens
+//! live on the observer side and reports RSTs to notifications on the notifier side.
+//! Block-wise transfers (RFC 7959, submodule `blockwise`) happen underneath, so callers
+//! only ever see whole bodies. It does not know LwM2M paths or sockets: callers feed
+//! datagrams in and take datagrams out.
 
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -12,9 +15,14 @@ use std::collections::VecDeque;
 use coap_lite::{MessageClass, MessageType, Packet};
 use log::{debug, trace};
 
+mod blockwise;
+
+pub use blockwise::BlockFailure;
+
+use super::block::BlockOption;
 use super::dedup::{MessageCache, Seen};
 use super::params::TxParams;
-use super::{code, empty_message, raw_code, set_raw_code};
+use super::{code, decode_uint, empty_message, raw_code, set_raw_code, CoapOption};
 use crate::rng::{RandomSource, SeededRng};
 use crate::time::Instant;
 
@@ -35,6 +43,8 @@ pub enum ExchangeError {
     Encode,
     #[error("the exchange was cancelled")]
     Cancelled,
+    #[error("block-wise transfer refused: {0}")]
+    Block(BlockFailure),
 }
 
 /// A request from the peer, new (duplicates never surface).
@@ -62,6 +72,12 @@ pub enum EndpointEvent {
     Failed {
         handle: RequestHandle,
         error: ExchangeError,
+    },
+    /// A later notification for an Observe GET sent with [`Endpoint::send_request`]
+    /// (the first response came as `Response` with the same handle).
+    Notification {
+        handle: RequestHandle,
+        packet: Packet,
     },
 }
 
@@ -103,6 +119,8 @@ struct Outgoing {
     token: Vec<u8>,
     bytes: Vec<u8>,
     state: State,
+    /// A GET carrying Observe=0: a successful response with Observe starts an observation.
+    observe: bool,
 }
 
 #[derive(Debug)]
@@ -110,6 +128,45 @@ struct Queued {
     handle: RequestHandle,
     packet: Packet,
     confirmable: bool,
+}
+
+/// An observation we (the observer) hold: its token stays live until forgotten.
+#[derive(Debug)]
+struct Observation {
+    handle: RequestHandle,
+    token: Vec<u8>,
+    /// The registering request, for fetching the rest of large notifications.
+    request: Packet,
+    /// The freshest Observe value seen and when (RFC 7641 §3.4 ordering).
+    last: Option<(u32, Instant)>,
+}
+
+/// A non-confirmable message we sent, remembered so an RST to it can be reported.
+#[derive(Debug)]
+struct NonSent {
+    handle: RequestHandle,
+    mid: u16,
+    expires: Instant,
+}
+
+/// At most this many NON messages are remembered for RST matching; the oldest go first.
+const MAX_NON_REMEMBERED: usize = 64;
+
+/// Observe option values are 24-bit sequence numbers (RFC 7641 §3.4).
+const OBSERVE_WRAP: u32 = 1 << 23;
+/// After this long, any notification counts as fresher than the last (RFC 7641 §3.4).
+const OBSERVE_REORDER_WINDOW: Duration = Duration::from_secs(128);
+
+/// Whether notification `(v2, t2)` is fresher than `(v1, t1)` (RFC 7641 §3.4).
+fn fresher(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
+    (v1 < v2 && v2 - v1 < OBSERVE_WRAP)
+        || (v1 > v2 && v1 - v2 > OBSERVE_WRAP)
+        || t2 >= t1 + OBSERVE_REORDER_WINDOW
+}
+
+fn observe_value(p: &Packet) -> Option<u32> {
+    p.get_first_option(CoapOption::Observe)
+        .and_then(|v| decode_uint(v))
 }
 
 /// The messaging layer towards one peer.
@@ -124,7 +181,19 @@ pub struct Endpoint {
     queued: VecDeque<Queued>,
     /// Requests we acknowledged with an empty ACK and will answer separately.
     deferred: Vec<(u16, Vec<u8>)>,
+    observations: Vec<Observation>,
+    non_sent: VecDeque<NonSent>,
     cache: MessageCache,
+    in_buffer_size: usize,
+    max_reassembly: usize,
+    block_cache_bytes: usize,
+    transfers: Vec<blockwise::ClientTransfer>,
+    rx_block1: Vec<blockwise::Block1Rx>,
+    tx_block2: VecDeque<blockwise::Block2Cache>,
+    /// Completed Block1 uploads by (MID, token): their final response carries this Block1.
+    block1_final: Vec<(u16, Vec<u8>, BlockOption)>,
+    /// Observe registrations' tokens and resource keys, for large notifications.
+    observed_keys: VecDeque<(Vec<u8>, Vec<u8>)>,
     tx: VecDeque<Vec<u8>>,
     events: VecDeque<EndpointEvent>,
     stats: Stats,
@@ -132,6 +201,10 @@ pub struct Endpoint {
 
 /// Length of the tokens we generate: long enough to make off-path spoofing impractical.
 const TOKEN_LEN: usize = 8;
+/// Default bound on a body reassembled from blocks (an EST certificate chain fits).
+pub const DEFAULT_MAX_REASSEMBLY: usize = 64 * 1024;
+/// Default bytes of large representations kept for Block2 follow-up requests.
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 32 * 1024;
 
 impl Endpoint {
     /// A new endpoint. `rng` seeds message IDs, tokens and retransmission jitter;
@@ -152,7 +225,17 @@ impl Endpoint {
             active: Vec::new(),
             queued: VecDeque::new(),
             deferred: Vec::new(),
+            observations: Vec::new(),
+            non_sent: VecDeque::new(),
             cache: MessageCache::new(cache_bytes),
+            in_buffer_size: max_message_size,
+            max_reassembly: DEFAULT_MAX_REASSEMBLY,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            transfers: Vec::new(),
+            rx_block1: Vec::new(),
+            tx_block2: VecDeque::new(),
+            block1_final: Vec::new(),
+            observed_keys: VecDeque::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -216,13 +299,17 @@ impl Endpoint {
     }
 
     /// Queues a request (code and options set by the caller); the endpoint sets type, MID and
-    /// token. Fails at once if the packet can never fit the buffer.
+    /// token. A body too large for one datagram goes out block-wise (Block1), and a
+    /// block-wise response arrives as one `Response` with the whole body. Fails at once if
+    /// even the smallest block cannot fit the buffer.
     pub fn send_request(
         &mut self,
         now: Instant,
-        mut packet: Packet,
+        packet: Packet,
         confirmable: bool,
     ) -> Result<RequestHandle, ExchangeError> {
+        let handle = RequestHandle(self.next_handle);
+        let (transfer, mut packet) = self.begin_transfer(now, handle, packet, confirmable)?;
         packet.set_token(self.new_token());
         packet.header.set_type(if confirmable {
             MessageType::Confirmable
@@ -231,6 +318,7 @@ impl Endpoint {
         });
         self.encode(&packet)?;
         let handle = self.alloc_handle();
+        self.transfers.push(transfer);
         self.queued.push_back(Queued {
             handle,
             packet,
@@ -264,10 +352,7 @@ impl Endpoint {
             let bytes = match self.encode(&packet) {
                 Ok(b) => b,
                 Err(error) => {
-                    self.events.push_back(EndpointEvent::Failed {
-                        handle: q.handle,
-                        error,
-                    });
+                    self.fail_transfer(q.handle, error);
                     continue;
                 }
             };
@@ -295,6 +380,7 @@ impl Endpoint {
                 token: packet.get_token().to_vec(),
                 bytes: bytes.clone(),
                 state,
+                observe: raw_code(&packet) == code::GET && observe_value(&packet) == Some(0),
             });
             self.push_tx(bytes);
         }
@@ -306,15 +392,23 @@ impl Endpoint {
     /// fit the buffer is replaced by 5.00 and logged.
     pub fn respond(&mut self, now: Instant, req: &InboundRequest, mut response: Packet) {
         response.set_token(req.token.clone());
+        let response = self.prepare_response(now, req, response);
         if let Some(i) = self
             .deferred
             .iter()
             .position(|(mid, tok)| *mid == req.mid && *tok == req.token)
         {
             self.deferred.swap_remove(i);
-            self.send_message(now, req.token.clone(), response, true);
+            self.send_message_inner(now, req.token.clone(), response, true);
             return;
         }
+        self.respond_plain(now, req, response);
+    }
+
+    /// Sends `response` piggybacked (CON request) or as NON, recorded for duplicates; no
+    /// block-wise slicing.
+    fn respond_plain(&mut self, _now: Instant, req: &InboundRequest, mut response: Packet) {
+        response.set_token(req.token.clone());
         if req.confirmable {
             response.header.set_type(MessageType::Acknowledgement);
             response.header.message_id = req.mid;
@@ -340,7 +434,7 @@ impl Endpoint {
                 }
             }
         };
-        self.cache.record_response(req.mid, &bytes);
+        self.cache.record_response(req.mid, &req.token, &bytes);
         self.push_tx(bytes);
     }
 
@@ -352,7 +446,7 @@ impl Endpoint {
         }
         let ack = empty_message(MessageType::Acknowledgement, req.mid);
         if let Ok(bytes) = self.encode(&ack) {
-            self.cache.record_response(req.mid, &bytes);
+            self.cache.record_response(req.mid, &req.token, &bytes);
             self.push_tx(bytes);
         }
         self.deferred.push((req.mid, req.token.clone()));
@@ -361,6 +455,19 @@ impl Endpoint {
     /// Sends a response-class message outside a piggybacked ACK (a separate response or an
     /// Observe notification) for `token`; confirmable ones are retransmitted until ACKed.
     pub fn send_message(
+        &mut self,
+        now: Instant,
+        token: Vec<u8>,
+        mut packet: Packet,
+        confirmable: bool,
+    ) -> RequestHandle {
+        packet.set_token(token.clone());
+        let key = self.observed_key(&token);
+        let packet = self.slice_response(now, key, None, packet);
+        self.send_message_inner(now, token, packet, confirmable)
+    }
+
+    fn send_message_inner(
         &mut self,
         now: Instant,
         token: Vec<u8>,
@@ -396,6 +503,18 @@ impl Endpoint {
                     interval,
                     next: now + interval,
                 },
+                observe: false,
+            });
+        } else {
+            // Remembered only so that an RST to it (an observer cancelling) is reported.
+            self.non_sent.retain(|n| n.expires > now);
+            if self.non_sent.len() >= MAX_NON_REMEMBERED {
+                self.non_sent.pop_front();
+            }
+            self.non_sent.push_back(NonSent {
+                handle,
+                mid: packet.header.message_id,
+                expires: now + self.params.exchange_lifetime(),
             });
         }
         self.push_tx(bytes);
@@ -404,6 +523,7 @@ impl Endpoint {
 
     /// Stops retransmitting and forgets an exchange; no event is produced for it.
     pub fn cancel(&mut self, now: Instant, handle: RequestHandle) {
+        self.transfers.retain(|t| t.handle != handle);
         self.active.retain(|o| o.handle != handle);
         self.queued.retain(|q| q.handle != handle);
         self.start_queued(now);
@@ -411,6 +531,7 @@ impl Endpoint {
 
     /// Drops every exchange in flight, reporting each as cancelled.
     pub fn cancel_all(&mut self) {
+        self.transfers.clear();
         let handles: Vec<_> = self
             .active
             .drain(..)
@@ -433,13 +554,35 @@ impl Endpoint {
         bytes
     }
 
+    /// Stops an observation started with an Observe GET: its later notifications are
+    /// answered with RST (RFC 7641 §3.6). Unknown handles are ignored.
+    pub fn forget_observation(&mut self, handle: RequestHandle) {
+        self.observations.retain(|o| o.handle != handle);
+    }
+
+    /// Whether an observation with this handle is live.
+    pub fn is_observing(&self, handle: RequestHandle) -> bool {
+        self.observations.iter().any(|o| o.handle == handle)
+    }
+
     fn complete(&mut self, now: Instant, idx: usize, packet: Option<Packet>) {
         let o = self.active.swap_remove(idx);
         match (o.kind, packet) {
-            (Kind::Request, Some(packet)) => self.events.push_back(EndpointEvent::Response {
-                handle: o.handle,
-                packet,
-            }),
+            (Kind::Request, Some(packet)) => {
+                if o.observe && code::is_success(raw_code(&packet)) {
+                    if let Some(seq) = observe_value(&packet) {
+                        debug!("coap: observation started (handle {})", o.handle.0);
+                        let request = self.transfer_template(o.handle);
+                        self.observations.push(Observation {
+                            handle: o.handle,
+                            token: o.token,
+                            request,
+                            last: Some((seq, now)),
+                        });
+                    }
+                }
+                self.on_response(now, o.handle, packet);
+            }
             (Kind::Message, _) => self
                 .events
                 .push_back(EndpointEvent::Delivered { handle: o.handle }),
@@ -450,10 +593,13 @@ impl Endpoint {
 
     fn fail(&mut self, now: Instant, idx: usize, error: ExchangeError) {
         let o = self.active.swap_remove(idx);
-        self.events.push_back(EndpointEvent::Failed {
-            handle: o.handle,
-            error,
-        });
+        match o.kind {
+            Kind::Request => self.fail_transfer(o.handle, error),
+            Kind::Message => self.events.push_back(EndpointEvent::Failed {
+                handle: o.handle,
+                error,
+            }),
+        }
         self.start_queued(now);
     }
 
@@ -489,6 +635,18 @@ impl Endpoint {
                 if let Some(i) = self.active.iter().position(|o| o.mid == mid) {
                     debug!("coap: RST for mid={mid}");
                     self.fail(now, i, ExchangeError::Reset);
+                } else if let Some(i) = self
+                    .non_sent
+                    .iter()
+                    .position(|n| n.mid == mid && n.expires > now)
+                {
+                    debug!("coap: RST for NON mid={mid}");
+                    if let Some(n) = self.non_sent.remove(i) {
+                        self.events.push_back(EndpointEvent::Failed {
+                            handle: n.handle,
+                            error: ExchangeError::Reset,
+                        });
+                    }
                 }
             }
             (MessageType::Acknowledgement, MessageClass::Empty) => {
@@ -532,26 +690,31 @@ impl Endpoint {
                 MessageClass::Request(_),
             ) => {
                 let confirmable = ty == MessageType::Confirmable;
-                match self.cache.check(now, mid, self.params.exchange_lifetime()) {
+                let lifetime = self.params.exchange_lifetime();
+                match self.cache.check(now, mid, packet.get_token(), lifetime) {
                     Seen::Answered(resp) => {
                         let resp = resp.to_vec();
                         trace!("coap: duplicate mid={mid}, resending cached response");
                         self.push_tx(resp);
                     }
                     Seen::Pending => trace!("coap: duplicate mid={mid} still pending, dropped"),
-                    Seen::New => self
-                        .events
-                        .push_back(EndpointEvent::Request(InboundRequest {
+                    Seen::New => {
+                        let req = InboundRequest {
                             mid,
                             token: packet.get_token().to_vec(),
                             confirmable,
                             packet,
-                        })),
+                        };
+                        if let Some(req) = self.on_inbound_request(now, req) {
+                            self.events.push_back(EndpointEvent::Request(req));
+                        }
+                    }
                 }
             }
             (ty @ (MessageType::Confirmable | MessageType::NonConfirmable), _) => {
                 let confirmable = ty == MessageType::Confirmable;
-                match self.cache.check(now, mid, self.params.exchange_lifetime()) {
+                let lifetime = self.params.exchange_lifetime();
+                match self.cache.check(now, mid, packet.get_token(), lifetime) {
                     Seen::Answered(resp) => {
                         let resp = resp.to_vec();
                         self.push_tx(resp);
@@ -564,29 +727,73 @@ impl Endpoint {
                     .active
                     .iter()
                     .position(|o| o.kind == Kind::Request && o.token == packet.get_token());
-                match matched {
-                    Some(i) => {
-                        if confirmable {
-                            let ack = self.send_empty(MessageType::Acknowledgement, mid);
-                            self.cache.record_response(mid, &ack);
-                        }
-                        self.complete(now, i, Some(packet));
+                let token = packet.get_token().to_vec();
+                if let Some(i) = matched {
+                    if confirmable {
+                        let ack = self.send_empty(MessageType::Acknowledgement, mid);
+                        self.cache.record_response(mid, &token, &ack);
                     }
-                    None => {
-                        if confirmable {
-                            debug!("coap: unmatched separate response mid={mid}, answering RST");
-                            let rst = self.send_empty(MessageType::Reset, mid);
-                            self.cache.record_response(mid, &rst);
-                        }
+                    self.complete(now, i, Some(packet));
+                } else if let Some(i) = self.observations.iter().position(|o| o.token == token) {
+                    if confirmable {
+                        let ack = self.send_empty(MessageType::Acknowledgement, mid);
+                        self.cache.record_response(mid, &token, &ack);
                     }
+                    self.on_notification(now, i, packet);
+                } else {
+                    // A late separate response, or a notification for an observation we
+                    // dropped: RST tells the peer to stop (RFC 7252 §4.2, RFC 7641 §3.6).
+                    debug!("coap: unmatched response-class message mid={mid}, answering RST");
+                    let rst = self.send_empty(MessageType::Reset, mid);
+                    self.cache.record_response(mid, &token, &rst);
                 }
             }
         }
         Ok(())
     }
 
+    fn on_notification(&mut self, now: Instant, i: usize, packet: Packet) {
+        let obs = &mut self.observations[i];
+        if !code::is_success(raw_code(&packet)) {
+            // An error code ends the observation on the notifier's side (RFC 7641 §3.2).
+            let handle = obs.handle;
+            self.observations.swap_remove(i);
+            self.events
+                .push_back(EndpointEvent::Notification { handle, packet });
+            return;
+        }
+        if let (Some((v1, t1)), Some(v2)) = (obs.last, observe_value(&packet)) {
+            if !fresher(v1, t1, v2, now) {
+                trace!("coap: dropping stale notification {v2} (have {v1})");
+                return;
+            }
+        }
+        if let Some(v2) = observe_value(&packet) {
+            obs.last = Some((v2, now));
+        }
+        let handle = obs.handle;
+        let request = obs.request.clone();
+        if let Some(packet) = self.fetch_notification_rest(now, handle, &request, packet) {
+            self.events
+                .push_back(EndpointEvent::Notification { handle, packet });
+        }
+    }
+
     /// Retransmits what is due and gives up on exchanges past their limits.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<RequestHandle> = self
+            .transfers
+            .iter()
+            .filter(|t| t.deadline.is_some_and(|d| d <= now))
+            .map(|t| t.handle)
+            .collect();
+        for handle in expired {
+            debug!("coap: block-wise transfer {} ran out of time", handle.0);
+            self.active.retain(|o| o.handle != handle);
+            self.queued.retain(|q| q.handle != handle);
+            self.fail_transfer(handle, ExchangeError::Timeout);
+        }
+        self.start_queued(now);
         let mut i = 0;
         while i < self.active.len() {
             match self.active[i].state {
@@ -637,6 +844,7 @@ impl Endpoint {
                 State::AwaitingAck { next, .. } => next,
                 State::AwaitingResponse { deadline } => deadline,
             })
+            .chain(self.transfers.iter().filter_map(|t| t.deadline))
             .min()
     }
 
@@ -847,11 +1055,168 @@ mod tests {
     #[test]
     fn oversized_request_is_refused_up_front() {
         let (mut c, _) = pair();
+        // Options alone larger than the buffer: not even a 16-byte block fits.
         let mut p = new_request(code::POST, "/big");
+        super::super::add_uri_query(&mut p, &"q".repeat(1200));
         p.payload = vec![0u8; 4000];
         assert_eq!(
             c.send_request(Instant::ZERO, p, true),
             Err(ExchangeError::TooLarge)
         );
+    }
+
+    fn observe_get(path: &str) -> Packet {
+        let mut p = new_request(code::GET, path);
+        p.add_option(CoapOption::Observe, Vec::new());
+        p
+    }
+
+    fn notification(seq: u32, body: &[u8]) -> Packet {
+        let mut p = new_response(code::CONTENT);
+        p.add_option(CoapOption::Observe, super::super::encode_uint(seq));
+        p.payload = body.to_vec();
+        p
+    }
+
+    /// The test server observes (client role here), the device notifies (server role).
+    fn start_observation(obs: &mut Endpoint, dev: &mut Endpoint) -> (RequestHandle, Vec<u8>) {
+        let t = Instant::ZERO;
+        let h = obs.send_request(t, observe_get("/3/0/9"), true).unwrap();
+        deliver(obs, dev, t);
+        let req = take_request(dev);
+        dev.respond(t, &req, notification(1, b"80"));
+        deliver(dev, obs, t);
+        match obs.poll_event() {
+            Some(EndpointEvent::Response { handle, packet }) => {
+                assert_eq!(handle, h);
+                assert_eq!(packet.payload, b"80");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(obs.is_observing(h));
+        (h, req.token)
+    }
+
+    #[test]
+    fn observe_notifications_arrive_acked_and_deduplicated() {
+        let (mut obs, mut dev) = pair();
+        let (h, token) = start_observation(&mut obs, &mut dev);
+        let t = Instant::from_millis(5_000);
+        let n = dev.send_message(t, token.clone(), notification(2, b"79"), true);
+        let d = dev.poll_transmit().unwrap();
+        obs.handle_datagram(t, &d).unwrap();
+        obs.handle_datagram(t, &d).unwrap(); // duplicated by the network
+        match obs.poll_event() {
+            Some(EndpointEvent::Notification { handle, packet }) => {
+                assert_eq!(handle, h);
+                assert_eq!(packet.payload, b"79");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(obs.poll_event().is_none(), "duplicate must not surface");
+        // Both copies were ACKed with the same bytes; the notifier sees delivery once.
+        assert_eq!(deliver(&mut obs, &mut dev, t), 2);
+        assert!(
+            matches!(dev.poll_event(), Some(EndpointEvent::Delivered { handle }) if handle == n)
+        );
+        assert!(dev.poll_event().is_none());
+        // A NON notification surfaces too, without an ACK.
+        dev.send_message(t, token.clone(), notification(3, b"78"), false);
+        assert_eq!(deliver(&mut dev, &mut obs, t), 1);
+        assert!(matches!(
+            obs.poll_event(),
+            Some(EndpointEvent::Notification { handle, .. }) if handle == h
+        ));
+        assert!(obs.poll_transmit().is_none());
+        // A reordered older one (sequence 2 after 3) is dropped.
+        dev.send_message(t, token, notification(2, b"old"), false);
+        deliver(&mut dev, &mut obs, t);
+        assert!(obs.poll_event().is_none());
+    }
+
+    #[test]
+    fn forgotten_observation_answers_rst_and_notifier_sees_reset() {
+        let (mut obs, mut dev) = pair();
+        let (h, token) = start_observation(&mut obs, &mut dev);
+        obs.forget_observation(h);
+        assert!(!obs.is_observing(h));
+        let t = Instant::from_millis(1_000);
+        for confirmable in [true, false] {
+            let n = dev.send_message(t, token.clone(), notification(5, b"x"), confirmable);
+            deliver(&mut dev, &mut obs, t);
+            assert!(obs.poll_event().is_none());
+            let rst = Packet::from_bytes(&obs.poll_transmit().unwrap()).unwrap();
+            assert_eq!(rst.header.get_type(), MessageType::Reset);
+            dev.handle_datagram(t, &rst.to_bytes().unwrap()).unwrap();
+            match dev.poll_event() {
+                Some(EndpointEvent::Failed { handle, error }) => {
+                    assert_eq!(handle, n);
+                    assert_eq!(error, ExchangeError::Reset);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(dev.is_idle());
+    }
+
+    #[test]
+    fn get_without_observe_keeps_no_token_live() {
+        let (mut c, mut s) = pair();
+        let t = Instant::ZERO;
+        let h = c
+            .send_request(t, new_request(code::GET, "/3/0/9"), true)
+            .unwrap();
+        deliver(&mut c, &mut s, t);
+        let req = take_request(&mut s);
+        // Even a response carrying Observe does not start one for a plain GET.
+        s.respond(t, &req, notification(1, b"1"));
+        deliver(&mut s, &mut c, t);
+        assert!(matches!(
+            c.poll_event(),
+            Some(EndpointEvent::Response { .. })
+        ));
+        assert!(!c.is_observing(h));
+        s.send_message(t, req.token, notification(2, b"2"), true);
+        deliver(&mut s, &mut c, t);
+        assert!(c.poll_event().is_none());
+        let rst = Packet::from_bytes(&c.poll_transmit().unwrap()).unwrap();
+        assert_eq!(rst.header.get_type(), MessageType::Reset);
+    }
+
+    #[test]
+    fn error_notification_ends_the_observation() {
+        let (mut obs, mut dev) = pair();
+        let (h, token) = start_observation(&mut obs, &mut dev);
+        let t = Instant::ZERO;
+        dev.send_message(t, token, new_response(code::NOT_FOUND), false);
+        deliver(&mut dev, &mut obs, t);
+        assert!(matches!(
+            obs.poll_event(),
+            Some(EndpointEvent::Notification { handle, .. }) if handle == h
+        ));
+        assert!(!obs.is_observing(h));
+    }
+
+    #[test]
+    fn stray_message_id_does_not_shadow_a_later_request() {
+        let (mut c, mut s) = pair();
+        let t = Instant::ZERO;
+        c.send_request(t, new_request(code::GET, "/3/0/0"), true)
+            .unwrap();
+        let real = c.poll_transmit().unwrap();
+        let real_pkt = Packet::from_bytes(&real).unwrap();
+        // A stray request with the same MID but another token arrives first and is answered.
+        let mut stray = new_request(code::DELETE, "/3/0");
+        stray.header.set_type(MessageType::Confirmable);
+        stray.header.message_id = real_pkt.header.message_id;
+        stray.set_token(vec![0xEE; 4]);
+        s.handle_datagram(t, &stray.to_bytes().unwrap()).unwrap();
+        let sreq = take_request(&mut s);
+        s.respond(t, &sreq, new_response(code::METHOD_NOT_ALLOWED));
+        s.poll_transmit().unwrap();
+        // The real request still surfaces as new rather than getting the stray's answer.
+        s.handle_datagram(t, &real).unwrap();
+        let req = take_request(&mut s);
+        assert_eq!(req.token, real_pkt.get_token());
     }
 }

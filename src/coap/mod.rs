@@ -1,7 +1,7 @@
 //! CoAP (RFC 7252) for both ends of an LwM2M conversation: message helpers over `coap-lite`,
-//! transmission parameters, the deduplication cache, and [`Endpoint`] — the per-peer
-//! exchange layer that owns message IDs, tokens, retransmission, piggybacked and separate
-//! responses and RST.
+//! transmission parameters, the deduplication cache, block-wise transfers (RFC 7959), and
+//! [`Endpoint`] — the per-peer exchange layer that owns message IDs, tokens, retransmission,
+//! piggybacked and separate responses, RST, Observe tokens and block-wise exchanges.
 //!
 //! Encoding and decoding of packets is `coap-lite`'s; everything with state or time is ours.
 //! This layer knows nothing of sockets or LwM2M semantics.

@@ -3,6 +3,8 @@
 //!
 //! Pure data and logic: no transport, no time.
 
+pub mod codec;
+pub mod content;
 pub mod link;
 pub mod object;
 pub mod objects;

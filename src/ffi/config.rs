@@ -128,6 +128,7 @@ impl estuary_configuration_t {
             ),
             msg_cache_size: or_default(self.msg_cache_size, ClientConfig::DEFAULT_MSG_CACHE_SIZE),
             udp_tx_params,
+            confirmable_notifications: false,
         };
         Ok(DriverConfig {
             client,

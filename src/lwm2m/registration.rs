@@ -82,6 +82,8 @@ pub struct ServerSession {
     /// When the Register or Update in flight was sent: the server starts the lifetime when
     /// it receives it, which is no earlier, so the lifetime is counted from here.
     sent_at: Instant,
+    /// Set by Disable (/1/x/4): once deregistered, register again at this time.
+    reenable_at: Option<Instant>,
 }
 
 impl ServerSession {
@@ -96,6 +98,7 @@ impl ServerSession {
             failures: 0,
             update_requested: false,
             sent_at: now,
+            reenable_at: None,
         }
     }
 
@@ -197,10 +200,31 @@ impl ServerSession {
         Some(SessionEvent::RegistrationFailed { reason })
     }
 
+    /// Disable (/1/x/4): de-register now, and register again `timeout_s` seconds later.
+    pub fn disable(&mut self, now: Instant, timeout_s: u32) {
+        info!("ssid={} disabled for {timeout_s}s", self.ssid);
+        self.deregister(now);
+        self.reenable_at = Some(now + Duration::from_secs(u64::from(timeout_s)));
+    }
+
+    /// True while a Disable keeps this session deregistered.
+    pub fn is_disabled(&self) -> bool {
+        self.reenable_at.is_some()
+    }
+
     /// Drives timers: first/retried Register, and Update when due or requested or when the
     /// parameters changed.
     pub fn on_timeout(&mut self, now: Instant, params: &RegistrationParams) {
         self.endpoint.handle_timeout(now);
+        if let Some(at) = self.reenable_at {
+            if at > now || !matches!(self.state, RegistrationState::Deregistered) {
+                return;
+            }
+            self.reenable_at = None;
+            self.registered = None;
+            self.pending = None;
+            self.state = RegistrationState::Idle { retry_at: now };
+        }
         match self.state.clone() {
             RegistrationState::Idle { retry_at } if retry_at <= now => {
                 self.send_register(now, params)
@@ -229,6 +253,8 @@ impl ServerSession {
         match ev {
             EndpointEvent::Request(r) => (None, Some(r)),
             EndpointEvent::Delivered { .. } => (None, None),
+            // The client never observes; nothing to route (C4 added the variant).
+            EndpointEvent::Notification { .. } => (None, None),
             EndpointEvent::Response { handle, packet } => {
                 (self.on_response(now, handle, &packet), None)
             }
@@ -355,6 +381,7 @@ impl ServerSession {
         let own = match &self.state {
             RegistrationState::Idle { retry_at } => Some(*retry_at),
             RegistrationState::Registered { update_at, .. } => Some(*update_at),
+            RegistrationState::Deregistered => self.reenable_at,
             _ => None,
         };
         [own, self.endpoint.poll_timeout()]

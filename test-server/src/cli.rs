@@ -1,5 +1,6 @@
-//! The `estuary-testserver` command line: `init`, `run`, `clients`, `client`, `read`,
-//! `events`. `main.rs` only calls [`main`]. `run` is [`TestServer::start`] plus waiting for
+//! The `estuary-testserver` command line: `init`, `run`, `clients`, `client`, `events`, and
+//! the LwM2M operations `read`, `write`, `exec`, `create`, `delete`, `discover`, `attr`,
+//! `observe`, `cancel-observe` (one control API request each). `main.rs` only calls [`main`]. `run` is [`TestServer::start`] plus waiting for
 //! SIGINT/SIGTERM; the others are clients of the control API. JSON is printed compact, one
 //! document per line, so scripts can grep it (pipe it to `jq` to read it).
 
@@ -75,7 +76,7 @@ pub enum Command {
         control: String,
     },
     /// Read PATH (e.g. /3/0/0) from the client registered as EP: prints a plain value as is
-    /// (text, or hex for opaque) and a TLV answer as its JSON tree.
+    /// (text, or base64 for opaque) and a structured answer (TLV, SenML, CBOR) as JSON.
     Read {
         ep: String,
         path: String,
@@ -94,6 +95,115 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<u64>,
     },
+    /// Write VALUE to PATH. For a resource VALUE is JSON (`1.5`, `true`, `"text"`, `[1,5]`,
+    /// `{"base64":"AQI="}`) or else taken as a string; for an instance it is a JSON object
+    /// of resources, `{"5700":1.5,"5701":"Cel"}` (replaces the instance unless --partial).
+    Write {
+        ep: String,
+        path: String,
+        value: String,
+        /// Content format to send: text, tlv, opaque, senml-json, senml-cbor, lwm2m-cbor.
+        #[arg(long)]
+        format: Option<String>,
+        /// Partial update of an instance (POST) instead of replacing it (PUT).
+        #[arg(long)]
+        partial: bool,
+        /// Send VALUE's bytes as the payload as they are.
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Execute PATH, with optional arguments (e.g. `0='x',1`).
+    Exec {
+        ep: String,
+        path: String,
+        args: Option<String>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Create an instance of the object at PATH with VALUE, a JSON object of resources.
+    Create {
+        ep: String,
+        path: String,
+        value: String,
+        /// The new instance's ID (the client picks one if left out; TLV only).
+        #[arg(long)]
+        id: Option<u16>,
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Delete the instance at PATH.
+    Delete {
+        ep: String,
+        path: String,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Discover PATH: its resources and attributes as link format.
+    Discover {
+        ep: String,
+        path: String,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Write-Attributes: `attr EP PATH pmin=5 pmax=30 gt=20.5`; `NAME=` removes one.
+    Attr {
+        ep: String,
+        path: String,
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Observe PATH: prints the first value; notifications appear in `events`, or here with
+    /// --follow.
+    Observe {
+        ep: String,
+        path: String,
+        #[arg(long)]
+        format: Option<String>,
+        /// Print the notifications (JSON lines) for this many seconds, then cancel.
+        #[arg(long, value_name = "SECONDS")]
+        follow: Option<u64>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Stop observing PATH.
+    CancelObserve {
+        ep: String,
+        path: String,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+}
+
+/// Options every LwM2M operation command takes.
+#[derive(Debug, clap::Args)]
+pub struct OpArgs {
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
+    pub control: String,
+    /// Print the control API's whole JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a tree, typed values or links as `PATH = VALUE` lines.
+    #[arg(long, conflicts_with = "json")]
+    pub lines: bool,
+    /// Give up after this many seconds (default: when the CoAP exchange fails, ≤ 100 s).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+
+impl OpArgs {
+    fn output(&self) -> ReadOutput {
+        match (self.json, self.lines) {
+            (true, _) => ReadOutput::Json,
+            (_, true) => ReadOutput::Lines,
+            _ => ReadOutput::Value,
+        }
+    }
 }
 
 /// Runs the command line; returns the process exit code.
@@ -169,6 +279,331 @@ fn run_command(cmd: Command) -> Result<(), String> {
             };
             read(&ep, &path, format.as_deref(), &control, output, timeout)
         }
+        other => operation(other),
+    }
+}
+
+/// One LwM2M operation through the control API: what to send where.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    pub method: &'static str,
+    /// Request target with its query.
+    pub target: String,
+    pub body: Vec<u8>,
+    /// The operation's name in messages.
+    pub what: &'static str,
+}
+
+fn lwm2m_path(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+fn target(ep: &str, path: &str, suffix: &str, query: &[String]) -> String {
+    format!(
+        "/api/clients/{}{}{suffix}{}{}",
+        percent_encode(ep),
+        lwm2m_path(path).trim_end_matches('/'),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    )
+}
+
+/// A command-line VALUE as JSON: JSON if it parses, else the text as a string.
+fn value_json(v: &str) -> Json {
+    serde_json::from_str(v).unwrap_or_else(|_| Json::String(v.to_string()))
+}
+
+/// The control API request of an operation command (not `read`, which has its own path).
+pub fn api_call(cmd: &Command) -> Result<(ApiCall, &OpArgs), String> {
+    let mut query = Vec::new();
+    let fmt = |q: &mut Vec<String>, f: &Option<String>| {
+        if let Some(f) = f {
+            q.push(format!("format={}", percent_encode(f)));
+        }
+    };
+    let (call, common) = match cmd {
+        Command::Write {
+            ep,
+            path,
+            value,
+            format,
+            partial,
+            raw,
+            common,
+        } => {
+            fmt(&mut query, format);
+            let depth = lwm2m_path(path)
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .count();
+            let body = if *raw {
+                query.push("raw=1".into());
+                value.as_bytes().to_vec()
+            } else if depth >= 3 {
+                serde_json::json!({ "value": value_json(value) })
+                    .to_string()
+                    .into_bytes()
+            } else {
+                let res = value_json(value);
+                if !res.is_object() {
+                    return Err("an instance's VALUE is a JSON object of resources".into());
+                }
+                serde_json::json!({ "resources": res })
+                    .to_string()
+                    .into_bytes()
+            };
+            let method = if *partial { "POST" } else { "PUT" };
+            if *partial && depth != 2 {
+                return Err("--partial is for instances (/O/I)".into());
+            }
+            (
+                ApiCall {
+                    method,
+                    target: String::new(),
+                    body,
+                    what: "write",
+                },
+                (ep, path, "", common),
+            )
+        }
+        Command::Exec {
+            ep,
+            path,
+            args,
+            common,
+        } => {
+            let body = args.clone().unwrap_or_default().into_bytes();
+            (
+                ApiCall {
+                    method: "POST",
+                    target: String::new(),
+                    body,
+                    what: "exec",
+                },
+                (ep, path, "", common),
+            )
+        }
+        Command::Create {
+            ep,
+            path,
+            value,
+            id,
+            format,
+            common,
+        } => {
+            fmt(&mut query, format);
+            let res = value_json(value);
+            if !res.is_object() {
+                return Err("VALUE is a JSON object of resources".into());
+            }
+            let mut doc = serde_json::json!({ "resources": res });
+            if let Some(id) = id {
+                doc["id"] = Json::from(*id);
+            }
+            let body = doc.to_string().into_bytes();
+            (
+                ApiCall {
+                    method: "POST",
+                    target: String::new(),
+                    body,
+                    what: "create",
+                },
+                (ep, path, "", common),
+            )
+        }
+        Command::Delete { ep, path, common } => (
+            ApiCall {
+                method: "DELETE",
+                target: String::new(),
+                body: Vec::new(),
+                what: "delete",
+            },
+            (ep, path, "", common),
+        ),
+        Command::Discover { ep, path, common } => {
+            query.push("discover=1".into());
+            (
+                ApiCall {
+                    method: "GET",
+                    target: String::new(),
+                    body: Vec::new(),
+                    what: "discover",
+                },
+                (ep, path, "", common),
+            )
+        }
+        Command::Attr {
+            ep,
+            path,
+            attributes,
+            common,
+        } => {
+            for a in attributes {
+                let (k, v) = a.split_once('=').unwrap_or((a, ""));
+                query.push(format!("{}={}", percent_encode(k), percent_encode(v)));
+            }
+            (
+                ApiCall {
+                    method: "PUT",
+                    target: String::new(),
+                    body: Vec::new(),
+                    what: "attr",
+                },
+                (ep, path, "/attributes", common),
+            )
+        }
+        Command::Observe {
+            ep,
+            path,
+            format,
+            common,
+            ..
+        } => {
+            fmt(&mut query, format);
+            (
+                ApiCall {
+                    method: "POST",
+                    target: String::new(),
+                    body: Vec::new(),
+                    what: "observe",
+                },
+                (ep, path, "/observe", common),
+            )
+        }
+        Command::CancelObserve { ep, path, common } => (
+            ApiCall {
+                method: "DELETE",
+                target: String::new(),
+                body: Vec::new(),
+                what: "cancel-observe",
+            },
+            (ep, path, "/observe", common),
+        ),
+        other => return Err(format!("not an operation command: {other:?}")),
+    };
+    let (ep, path, suffix, common) = common;
+    if let Some(t) = common.timeout {
+        query.push(format!("timeout={t}"));
+    }
+    Ok((
+        ApiCall {
+            target: target(ep, path, suffix, &query),
+            ..call
+        },
+        common,
+    ))
+}
+
+fn operation(cmd: Command) -> Result<(), String> {
+    let (call, common) = api_call(&cmd)?;
+    let follow = match &cmd {
+        Command::Observe {
+            ep,
+            path,
+            follow: Some(secs),
+            ..
+        } => Some((ep.clone(), lwm2m_path(path), Duration::from_secs(*secs))),
+        _ => None,
+    };
+    let wait = common
+        .timeout
+        .map_or(DEFAULT_READ_TIMEOUT, Duration::from_secs)
+        + Duration::from_secs(10);
+    let r = http::request(&common.control, call.method, &call.target, &call.body, wait)
+        .map_err(|e| e.to_string())?;
+    let v: Json = serde_json::from_str(&r.body)
+        .map_err(|_| format!("the control API answered HTTP {} with non-JSON", r.status))?;
+    let what = call.what;
+    if r.status != 200 {
+        return Err(format!("{what}: {}", api_error(r.status, &v)));
+    }
+    if common.json || what == "cancel-observe" {
+        println!("{}", r.body.trim_end());
+        return Ok(());
+    }
+    let a: ReadAnswer = serde_json::from_value(v.clone())
+        .map_err(|e| format!("unexpected answer from the control API: {e}"))?;
+    if !a.code.starts_with("2.") {
+        let diag = a.value.as_ref().map_or(String::new(), |d| format!(" {d}"));
+        return Err(format!("{what}: {}{diag}", a.code));
+    }
+    if let Some(op) = v.get("op") {
+        println!("op={op} {}", a.code);
+    }
+    print_answer(&a, common.output(), true);
+    if let Some((ep, path, secs)) = follow {
+        follow_notifications(&common.control, &ep, &path, secs)?;
+        let cancel = Command::CancelObserve {
+            ep,
+            path,
+            common: OpArgs {
+                control: common.control.clone(),
+                json: true,
+                lines: false,
+                timeout: None,
+            },
+        };
+        operation(cancel)?;
+    }
+    Ok(())
+}
+
+/// How often `observe --follow` looks at the event log.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Prints the notification events of `ep` and `path` that appear within `secs`.
+fn follow_notifications(control: &str, ep: &str, path: &str, secs: Duration) -> Result<(), String> {
+    let end = std::time::Instant::now() + secs;
+    // Events already in the ring are from before this observation.
+    let mut seen: std::collections::HashSet<String> =
+        http::get(control, "/api/events", Duration::from_secs(10))
+            .map_err(|e| e.to_string())?
+            .body
+            .lines()
+            .map(str::to_string)
+            .collect();
+    while std::time::Instant::now() < end {
+        std::thread::sleep(
+            FOLLOW_POLL.min(end.saturating_duration_since(std::time::Instant::now())),
+        );
+        let r = http::get(control, "/api/events", Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        for line in r.body.lines() {
+            if !seen.insert(line.to_string()) {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<Json>(line) else {
+                continue;
+            };
+            if v["event"] == "notification" && v["endpoint"] == ep && v["path"] == path {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints a successful answer: values as lines or JSON, a plain value as is, else (with
+/// `code_if_empty`) the code.
+fn print_answer(a: &ReadAnswer, output: ReadOutput, code_if_empty: bool) {
+    let structured = a.is_tree() || a.entries.is_some() || a.links.is_some();
+    match output {
+        ReadOutput::Json => println!("{}", a.to_json()),
+        ReadOutput::Lines if structured => {
+            for l in tree_lines(a) {
+                println!("{l}");
+            }
+        }
+        _ if structured => println!("{}", a.to_json()),
+        _ => match &a.value {
+            Some(value) => println!("{value}"),
+            None if code_if_empty => println!("{}", a.code),
+            None => {}
+        },
     }
 }
 
@@ -357,18 +792,8 @@ fn read(
     }
     match output {
         ReadOutput::Json => {}
-        ReadOutput::Lines if a.is_tree() => {
-            for l in tree_lines(&a) {
-                println!("{l}");
-            }
-        }
-        _ if a.is_tree() => println!("{}", a.to_json()),
-        // The plain value, so scripts can compare it.
-        _ => {
-            if let Some(value) = &a.value {
-                println!("{value}");
-            }
-        }
+        // The plain value as is, so scripts can compare it.
+        _ => print_answer(&a, output, false),
     }
     Ok(())
 }
@@ -512,6 +937,97 @@ mod tests {
             matches!(c.command, Command::Clients { ref control, json: false } if control == DEFAULT_CONTROL)
         );
         assert!(Cli::try_parse_from(["estuary-testserver", "run"]).is_err());
+    }
+
+    fn call(args: &[&str]) -> ApiCall {
+        let mut argv = vec!["estuary-testserver"];
+        argv.extend_from_slice(args);
+        let c = Cli::try_parse_from(argv).unwrap();
+        api_call(&c.command).unwrap().0
+    }
+
+    #[test]
+    fn operation_commands_become_control_requests() {
+        let c = call(&[
+            "write",
+            "dev 1",
+            "/3303/0/5700",
+            "21.5",
+            "--format",
+            "senml-json",
+        ]);
+        assert_eq!(
+            (c.method, c.target.as_str()),
+            ("PUT", "/api/clients/dev%201/3303/0/5700?format=senml-json")
+        );
+        assert_eq!(c.body, br#"{"value":21.5}"#);
+        let c = call(&["write", "d", "1/0/7", "UQ"]);
+        assert_eq!(c.body, br#"{"value":"UQ"}"#);
+        let c = call(&["write", "d", "/3303/0", r#"{"5700":1.5}"#, "--partial"]);
+        assert_eq!(
+            (c.method, c.body.as_slice()),
+            ("POST", &br#"{"resources":{"5700":1.5}}"#[..])
+        );
+        let c = call(&["write", "d", "/5/0/0", "abc", "--raw", "--format", "opaque"]);
+        assert_eq!(c.target, "/api/clients/d/5/0/0?format=opaque&raw=1");
+        assert_eq!(c.body, b"abc");
+        let c = call(&["exec", "d", "/3/0/4"]);
+        assert_eq!(
+            (c.method, c.target.as_str(), c.body.len()),
+            ("POST", "/api/clients/d/3/0/4", 0)
+        );
+        let c = call(&["exec", "d", "/3/0/4", "0='x'", "--timeout", "5"]);
+        assert_eq!(
+            (c.target.as_str(), c.body.as_slice()),
+            ("/api/clients/d/3/0/4?timeout=5", &b"0='x'"[..])
+        );
+        let c = call(&["create", "d", "/3303", r#"{"5700":20}"#, "--id", "2"]);
+        let body: Json = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"id": 2, "resources": {"5700": 20}})
+        );
+        let c = call(&["delete", "d", "/3303/2"]);
+        assert_eq!(
+            (c.method, c.target.as_str()),
+            ("DELETE", "/api/clients/d/3303/2")
+        );
+        let c = call(&["discover", "d", "/3/0"]);
+        assert_eq!(
+            (c.method, c.target.as_str()),
+            ("GET", "/api/clients/d/3/0?discover=1")
+        );
+        let c = call(&["attr", "d", "/3/0/9", "pmin=5", "pmax=30", "gt="]);
+        assert_eq!(
+            (c.method, c.target.as_str()),
+            ("PUT", "/api/clients/d/3/0/9/attributes?pmin=5&pmax=30&gt=")
+        );
+        let c = call(&["observe", "d", "/3/0/9", "--format", "tlv"]);
+        assert_eq!(
+            (c.method, c.target.as_str()),
+            ("POST", "/api/clients/d/3/0/9/observe?format=tlv")
+        );
+        let c = call(&["observe", "d", "3/0/9", "--follow", "5"]);
+        assert_eq!(c.target, "/api/clients/d/3/0/9/observe");
+        let c = call(&["cancel-observe", "d", "/3/0/9"]);
+        assert_eq!(
+            (c.method, c.target.as_str()),
+            ("DELETE", "/api/clients/d/3/0/9/observe")
+        );
+        // Refused before anything is sent.
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["estuary-testserver"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv)
+        };
+        assert!(parse(&["attr", "d", "/3/0/9"]).is_err());
+        assert!(parse(&["observe", "d", "/3/0/9", "--json", "--lines"]).is_err());
+        let bad = parse(&["write", "d", "/3303/0", "1"]).unwrap();
+        assert!(api_call(&bad.command).is_err());
+        let bad = parse(&["write", "d", "/3303/0/1", "1", "--partial"]).unwrap();
+        assert!(api_call(&bad.command).is_err());
+        let bad = parse(&["clients"]).unwrap();
+        assert!(api_call(&bad.command).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant as StdInstant};
 use estuary::time::UtcTime;
 use serde::{Deserialize, Serialize};
 
+use crate::render::{tree_lines, ReadAnswer};
+
 /// Events kept in memory for `GET /api/events` when not told otherwise.
 pub const DEFAULT_RING_CAPACITY: usize = 1000;
 
@@ -50,6 +52,28 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Any other operation sent through the control API finished: `op` is the LwM2M
+    /// operation ("write", "execute", "create", "delete", "discover", "write-attributes",
+    /// "observe", "cancel-observe").
+    Operation {
+        ep: String,
+        op: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A notification of an observation, rendered as a Read answer is
+    /// (`"code"`, `"format"`, `"value"` or a tree or `"entries"`).
+    Notification {
+        #[serde(rename = "endpoint")]
+        ep: String,
+        path: String,
+        observe: u32,
+        #[serde(flatten)]
+        answer: ReadAnswer,
+    },
 }
 
 impl EventKind {
@@ -60,7 +84,9 @@ impl EventKind {
             | EventKind::Updated { ep }
             | EventKind::Deregistered { ep }
             | EventKind::Expired { ep }
-            | EventKind::Read { ep, .. } => ep,
+            | EventKind::Read { ep, .. }
+            | EventKind::Operation { ep, .. }
+            | EventKind::Notification { ep, .. } => ep,
         }
     }
 
@@ -72,6 +98,8 @@ impl EventKind {
             EventKind::Deregistered { .. } => "deregistered",
             EventKind::Expired { .. } => "expired",
             EventKind::Read { .. } => "read",
+            EventKind::Operation { .. } => "operation",
+            EventKind::Notification { .. } => "notification",
         }
     }
 
@@ -100,6 +128,35 @@ impl EventKind {
                 (None, Some(e)) => format!("ep={ep} read {path} failed: {e}"),
                 (None, None) => format!("ep={ep} read {path} failed"),
             },
+            EventKind::Operation {
+                op,
+                path,
+                code,
+                error,
+                ..
+            } => match (code, error) {
+                (Some(code), _) => format!("ep={ep} {op} {path} -> {code}"),
+                (None, Some(e)) => format!("ep={ep} {op} {path} failed: {e}"),
+                (None, None) => format!("ep={ep} {op} {path} failed"),
+            },
+            EventKind::Notification {
+                path,
+                observe,
+                answer,
+                ..
+            } => {
+                let mut line = format!(
+                    "ep={ep} notification {path} observe={observe} {}",
+                    answer.code
+                );
+                let values = tree_lines(answer);
+                if let Some(v) = &answer.value {
+                    line.push_str(&format!(" value={v:?}"));
+                } else if !values.is_empty() {
+                    line.push_str(&format!(" [{}]", values.join(", ")));
+                }
+                line
+            }
         }
     }
 }
@@ -325,6 +382,49 @@ mod tests {
         let line = read.to_json_line();
         assert!(!line.contains("error"), "{line}");
         assert_eq!(serde_json::from_str::<EventRecord>(&line).unwrap(), read);
+    }
+
+    #[test]
+    fn notification_and_operation_events() {
+        use crate::lwm2m_server::OpResult;
+        use estuary::dm::Path;
+        let answer = crate::render::read_answer(
+            &Path::parse("/3303/0/5700").unwrap(),
+            &OpResult {
+                code: "2.05".into(),
+                content_format: Some(0),
+                payload: b"21.5".to_vec(),
+            },
+        );
+        let rec = EventRecord {
+            ts: rfc3339(UtcTime::from_unix_millis(0)),
+            kind: EventKind::Notification {
+                ep: "dev1".into(),
+                path: "/3303/0/5700".into(),
+                observe: 3,
+                answer,
+            },
+        };
+        let line = rec.to_json_line();
+        assert_eq!(
+            line,
+            r#"{"ts":"1970-01-01T00:00:00.000Z","event":"notification","endpoint":"dev1","path":"/3303/0/5700","observe":3,"code":"2.05","content_format":0,"format":"text","value":"21.5","encoding":"utf8"}"#
+        );
+        assert_eq!(serde_json::from_str::<EventRecord>(&line).unwrap(), rec);
+        assert_eq!(rec.kind.endpoint(), "dev1");
+        assert_eq!(
+            rec.kind.log_line(),
+            r#"ep=dev1 notification /3303/0/5700 observe=3 2.05 value="21.5""#
+        );
+        let op = EventKind::Operation {
+            ep: "dev1".into(),
+            op: "execute".into(),
+            path: "/3/0/4".into(),
+            code: Some("2.04".into()),
+            error: None,
+        };
+        assert_eq!(op.log_line(), "ep=dev1 execute /3/0/4 -> 2.04");
+        assert_eq!(op.name(), "operation");
     }
 
     #[test]

@@ -275,6 +275,10 @@ impl Lwm2mServer {
                             && coap::uint_option(&packet, coap::CoapOption::Observe).is_some();
                         if p.observe && accepted {
                             self.observations.insert((peer, handle), p.clone());
+                        } else if p.observe {
+                            if let Some(ep) = self.peers.get_mut(&peer) {
+                                ep.forget_observation(handle);
+                            }
                         }
                         self.events.push_back(ServerEvent::OpFinished {
                             op: p.op,
@@ -291,6 +295,26 @@ impl Lwm2mServer {
                             result: Err(error.to_string()),
                         });
                     }
+                }
+                EndpointEvent::Notification { handle, packet } => {
+                    let key = (peer, handle);
+                    let Some(p) = self.observations.get(&key).cloned() else {
+                        continue;
+                    };
+                    let observe = coap::uint_option(&packet, coap::CoapOption::Observe);
+                    // A notification without Observe (e.g. 4.04) ends it (RFC 7641 §3.2).
+                    if observe.is_none() || !coap::code::is_success(coap::raw_code(&packet)) {
+                        self.observations.remove(&key);
+                        if let Some(ep) = self.peers.get_mut(&peer) {
+                            ep.forget_observation(handle);
+                        }
+                    }
+                    self.events.push_back(ServerEvent::Notification {
+                        op: p.op,
+                        endpoint: p.endpoint,
+                        observe: observe.unwrap_or(0),
+                        result: op_result(packet),
+                    });
                 }
                 EndpointEvent::Delivered { .. } => {}
             }
@@ -502,7 +526,10 @@ impl Lwm2mServer {
             .map(|(k, _)| *k)
             .ok_or(OpError::UnknownObservation(op))?;
         self.observations.remove(&key);
-        let (peer, _handle) = key;
+        let (peer, handle) = key;
+        if let Some(ep) = self.peers.get_mut(&peer) {
+            ep.forget_observation(handle);
+        }
         self.drain(now, peer);
         Ok(())
     }
@@ -694,6 +721,7 @@ mod tests {
         let accepted = server.request(now0(), "ep1", req.clone()).unwrap();
         pump(&mut server, &mut client);
         let r = next_request(&mut client);
+        let observe_token = r.token.clone();
         assert_eq!(coap::uint_option(&r.packet, CoapOption::Observe), Some(0));
         assert_eq!(coap::accept_of(&r.packet), Some(content_format::TEXT_PLAIN));
         let mut resp = coap::new_response(code::CONTENT);
@@ -721,7 +749,43 @@ mod tests {
             server.cancel_observation(now0(), "other", accepted),
             Err(OpError::UnknownObservation(accepted))
         );
+        while server.poll_event().is_some() {}
+        // A notification with the observation's token becomes a Notification event.
+        let notify = |client: &mut Endpoint, seq: u32, body: &[u8]| {
+            let mut n = coap::new_response(code::CONTENT);
+            coap::set_uint_option(&mut n, CoapOption::Observe, seq);
+            n.payload = body.to_vec();
+            client.send_message(now0().mono, observe_token.clone(), n, false)
+        };
+        notify(&mut client, 3, b"77");
+        pump(&mut server, &mut client);
+        match server.poll_event() {
+            Some(ServerEvent::Notification {
+                op,
+                observe,
+                result,
+                ..
+            }) => {
+                assert_eq!((op, observe), (accepted, 3));
+                assert_eq!(result.payload, b"77");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         server.cancel_observation(now0(), "ep1", accepted).unwrap();
         assert!(server.observations().is_empty());
+        // After cancelling, the next notification is answered with RST and reported no more.
+        let h = notify(&mut client, 4, b"78");
+        pump(&mut server, &mut client);
+        assert!(server.poll_event().is_none());
+        let mut reset = false;
+        while let Some(ev) = client.poll_event() {
+            if let EndpointEvent::Failed { handle, error } = ev {
+                reset |= handle == h && error == coap::ExchangeError::Reset;
+            }
+        }
+        assert!(
+            reset,
+            "the cancelled notification was not answered with RST"
+        );
     }
 }

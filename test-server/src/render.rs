@@ -1,9 +1,14 @@
-//! Read results as JSON for the control API, and back as text for the command line.
+//! Answers of the client (Read, Observe, notifications, any other operation) as JSON for
+//! the control API, and back as text for the command line. Every content format is shown:
 //!
-//! The server does not know resource types, so a value is shown as a string when its bytes
-//! are printable UTF-8 and as hex otherwise, with `"int"` added when its length (1, 2, 4 or
-//! 8 bytes) would make it a TLV integer. A TLV payload becomes a tree whose every node
-//! carries its full path.
+//! - text/plain: `"value"` as the string (hex if not printable), opaque: base64;
+//! - TLV: a tree (below). The server does not know resource types, so a TLV value is shown
+//!   as a string when its bytes are printable UTF-8 and as hex otherwise, with `"int"` added
+//!   when its length (1, 2, 4 or 8 bytes) would make it a TLV integer; every node carries
+//!   its full path;
+//! - SenML JSON/CBOR and LwM2M CBOR, which carry their types: `"entries"`, a list of
+//!   `{"path","type","value"}` (opaque as base64, object links as "OID:IID");
+//! - link format (Discover): `"links"`, a list of `{"target","attributes"}`.
 //!
 //! ```json
 //! {"code":"2.05","content_format":11542,"resources":[
@@ -13,9 +18,13 @@
 //! ```
 
 use estuary::coap::content_format;
+use estuary::dm::content::base64::{self, Alphabet};
+use estuary::dm::content::{self, Entry};
+use estuary::dm::link;
 use estuary::dm::tlv::{self, Tlv, TlvBody, TlvType};
-use estuary::dm::Path;
+use estuary::dm::{Path, Value};
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 
 use crate::init::hex;
 use crate::lwm2m_server::OpResult;
@@ -27,10 +36,13 @@ pub struct ReadAnswer {
     /// The client's CoAP response code, e.g. "2.05" or "4.04".
     pub code: String,
     pub content_format: Option<u16>,
-    /// A plain (non-TLV) payload: the string if printable UTF-8, else hex.
+    /// The content format's `format=` name ("text", "tlv", ...), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A plain (non-TLV) payload: the string if printable UTF-8, else hex; opaque as base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    /// "utf8" or "hex", with `value`.
+    /// "utf8", "hex" or "base64", with `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<String>,
     /// Set when a TLV payload did not decode (`value` then holds it as hex).
@@ -45,6 +57,28 @@ pub struct ReadAnswer {
     /// A TLV answer's resource instances (a read of /O/I/R/RI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_instances: Option<Vec<Node>>,
+    /// The values of a SenML JSON/CBOR or LwM2M CBOR answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<RenderedEntry>>,
+    /// The links of a link-format answer (Discover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<Vec<RenderedLink>>,
+}
+
+/// One value of a typed format: `{"path":"/3303/0/5700","type":"float","value":21.5}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderedEntry {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: Json,
+}
+
+/// One link of a link-format answer: `{"target":"/3/0/1","attributes":["pmin=5"]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderedLink {
+    pub target: String,
+    pub attributes: Vec<String>,
 }
 
 /// One TLV element. A leaf is `{"id","value","encoding"[,"int"],"path"}`, a container
@@ -176,11 +210,59 @@ fn tlv_tree(path: &Path, items: &[Tlv], a: &mut ReadAnswer) {
     a.resource_instances = pick(&[TlvType::ResourceInstance]);
 }
 
-/// The control API's answer to a Read of `path`.
+/// The `format=` name of a Content-Format number.
+pub fn format_name(cf: u16) -> Option<&'static str> {
+    Some(match cf {
+        content_format::TEXT_PLAIN => "text",
+        content_format::LWM2M_TLV => "tlv",
+        content_format::OCTET_STREAM => "opaque",
+        content_format::LINK_FORMAT => "link",
+        content_format::SENML_JSON => "senml-json",
+        content_format::SENML_CBOR => "senml-cbor",
+        content_format::LWM2M_CBOR => "lwm2m-cbor",
+        _ => return None,
+    })
+}
+
+/// A typed value as JSON, with its type's name.
+pub fn value_json(v: &Value) -> (&'static str, Json) {
+    match v {
+        Value::String(s) => ("string", Json::from(s.as_str())),
+        Value::Corelnk(s) => ("corelnk", Json::from(s.as_str())),
+        Value::Integer(i) => ("integer", Json::from(*i)),
+        Value::Time(t) => ("time", Json::from(*t)),
+        Value::Unsigned(u) => ("unsigned", Json::from(*u)),
+        // Non-finite floats have no JSON number; the codecs never produce them.
+        Value::Float(f) => (
+            "float",
+            serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ),
+        Value::Boolean(b) => ("boolean", Json::from(*b)),
+        Value::Opaque(b) => ("opaque", Json::from(base64::encode(b, Alphabet::Standard))),
+        Value::Objlnk(o, i) => ("objlnk", Json::from(format!("{o}:{i}"))),
+    }
+}
+
+fn rendered(entries: &[Entry]) -> Vec<RenderedEntry> {
+    entries
+        .iter()
+        .map(|e| {
+            let (kind, value) = value_json(&e.value);
+            RenderedEntry {
+                path: e.path.to_string(),
+                kind: kind.into(),
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The control API's answer to a Read (or any other operation) of `path`.
 pub fn read_answer(path: &Path, r: &OpResult) -> ReadAnswer {
     let mut a = ReadAnswer {
         code: r.code.clone(),
         content_format: r.content_format,
+        format: r.content_format.and_then(format_name).map(Into::into),
         ..ReadAnswer::default()
     };
     let raw_hex = |a: &mut ReadAnswer| {
@@ -195,7 +277,43 @@ pub fn read_answer(path: &Path, r: &OpResult) -> ReadAnswer {
                 raw_hex(&mut a);
             }
         },
-        Some(content_format::OCTET_STREAM) => raw_hex(&mut a),
+        Some(content_format::OCTET_STREAM) => {
+            a.value = Some(base64::encode(&r.payload, Alphabet::Standard));
+            a.encoding = Some("base64".into());
+        }
+        Some(
+            cf @ (content_format::SENML_JSON
+            | content_format::SENML_CBOR
+            | content_format::LWM2M_CBOR),
+        ) => match content::decode(cf, path, &r.payload, &|_| None) {
+            Ok(entries) => a.entries = Some(rendered(&entries)),
+            Err(e) => {
+                a.error = Some(format!(
+                    "undecodable {}: {e}",
+                    format_name(cf).unwrap_or("?")
+                ));
+                raw_hex(&mut a);
+            }
+        },
+        Some(content_format::LINK_FORMAT) => {
+            match std::str::from_utf8(&r.payload).ok().and_then(link::parse) {
+                Some(links) => {
+                    a.links = Some(
+                        links
+                            .into_iter()
+                            .map(|l| RenderedLink {
+                                target: l.target,
+                                attributes: l.attributes,
+                            })
+                            .collect(),
+                    )
+                }
+                None => {
+                    a.error = Some("undecodable link format".into());
+                    raw_hex(&mut a);
+                }
+            }
+        }
         _ if r.payload.is_empty() => {}
         // text/plain, error diagnostics, and formats not decoded here (SenML, CBOR, link).
         _ => {
@@ -207,9 +325,9 @@ pub fn read_answer(path: &Path, r: &OpResult) -> ReadAnswer {
     a
 }
 
-/// Lines `PATH = VALUE` for the leaves of a TLV tree (the CLI's `read --lines`); hex values
-/// are written `0x..` with their integer reading, as are printable values of one or two
-/// bytes.
+/// Lines `PATH = VALUE` for the leaves of a TLV tree, the entries of a typed format and the
+/// links of a Discover (the CLI's `--lines`); TLV hex values are written `0x..` with their
+/// integer reading, as are printable values of one or two bytes.
 pub fn tree_lines(a: &ReadAnswer) -> Vec<String> {
     fn walk(n: &Node, out: &mut Vec<String>) {
         if let Some(value) = &n.value {
@@ -238,13 +356,27 @@ pub fn tree_lines(a: &ReadAnswer) -> Vec<String> {
     {
         walk(n, &mut out);
     }
+    for e in a.entries.iter().flatten() {
+        let v = match &e.value {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        out.push(format!("{} = {v}", e.path));
+    }
+    for l in a.links.iter().flatten() {
+        let mut line = format!("<{}>", l.target);
+        for attr in &l.attributes {
+            line.push(';');
+            line.push_str(attr);
+        }
+        out.push(line);
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use estuary::dm::Value;
     use serde_json::{json, Value as Json};
 
     fn ok(cf: u16, payload: Vec<u8>) -> OpResult {
@@ -281,7 +413,7 @@ mod tests {
         assert_eq!(
             j,
             json!({
-                "code": "2.05", "content_format": 11542,
+                "code": "2.05", "content_format": 11542, "format": "tlv",
                 "resources": [
                     {"id": 0, "path": "/3/0/0", "value": "Estuary Labs", "encoding": "utf8"},
                     {"id": 11, "path": "/3/0/11", "instances": [
@@ -308,13 +440,13 @@ mod tests {
         let r = ok(content_format::LWM2M_TLV, tlv::encode(&device_instance()));
         let text = read_answer(&Path::parse("/3/0").unwrap(), &r).to_json();
         assert!(
-            text.starts_with(r#"{"code":"2.05","content_format":11542,"resources":[{"id":0,"value":"Estuary Labs","encoding":"utf8","path":"/3/0/0"},{"id":11,"path":"/3/0/11","instances":[{"id":0,"value":"00","#),
+            text.starts_with(r#"{"code":"2.05","content_format":11542,"format":"tlv","resources":[{"id":0,"value":"Estuary Labs","encoding":"utf8","path":"/3/0/0"},{"id":11,"path":"/3/0/11","instances":[{"id":0,"value":"00","#),
             "{text}"
         );
         let t = ok(content_format::TEXT_PLAIN, b"x".to_vec());
         assert_eq!(
             read_answer(&Path::parse("/3/0/0").unwrap(), &t).to_json(),
-            r#"{"code":"2.05","content_format":0,"value":"x","encoding":"utf8"}"#
+            r#"{"code":"2.05","content_format":0,"format":"text","value":"x","encoding":"utf8"}"#
         );
     }
 
@@ -371,11 +503,11 @@ mod tests {
         );
         assert_eq!(
             j,
-            json!({"code": "2.05", "content_format": 0, "value": "Estuary Labs", "encoding": "utf8"})
+            json!({"code": "2.05", "content_format": 0, "format": "text", "value": "Estuary Labs", "encoding": "utf8"})
         );
         let (_, j) = json_of("/3/0/0", &ok(content_format::OCTET_STREAM, vec![1, 2]));
-        assert_eq!(j["value"], "0102");
-        assert_eq!(j["encoding"], "hex");
+        assert_eq!(j["value"], "AQI=");
+        assert_eq!(j["encoding"], "base64");
         let not_found = OpResult {
             code: "4.04".into(),
             content_format: None,
@@ -391,5 +523,76 @@ mod tests {
         assert!(j["error"].as_str().unwrap().contains("TLV"), "{j}");
         assert_eq!(j["value"], "c8001461");
         assert!(!a.is_tree() && tree_lines(&a).is_empty());
+    }
+
+    #[test]
+    fn typed_formats_become_entries() {
+        use estuary::dm::content::encode;
+        let base = Path::parse("/3303/0").unwrap();
+        let entries = vec![
+            Entry::new(Path::parse("/3303/0/5700").unwrap(), Value::Float(21.5)),
+            Entry::new(
+                Path::parse("/3303/0/5701").unwrap(),
+                Value::String("Cel".into()),
+            ),
+            Entry::new(
+                Path::parse("/3303/0/5750").unwrap(),
+                Value::Opaque(vec![1, 2]),
+            ),
+            Entry::new(Path::parse("/3303/0/5800/1").unwrap(), Value::Objlnk(3, 0)),
+            Entry::new(Path::parse("/3303/0/5850").unwrap(), Value::Boolean(true)),
+        ];
+        for cf in [
+            content_format::SENML_JSON,
+            content_format::SENML_CBOR,
+            content_format::LWM2M_CBOR,
+        ] {
+            let (a, j) = json_of("/3303/0", &ok(cf, encode(cf, &base, &entries).unwrap()));
+            assert_eq!(j["format"], format_name(cf).unwrap());
+            // LwM2M CBOR writes an object link as text: without the resource's type it
+            // reads back as a string.
+            let link_type = if cf == content_format::LWM2M_CBOR {
+                "string"
+            } else {
+                "objlnk"
+            };
+            assert_eq!(
+                j["entries"],
+                json!([
+                    {"path": "/3303/0/5700", "type": "float", "value": 21.5},
+                    {"path": "/3303/0/5701", "type": "string", "value": "Cel"},
+                    {"path": "/3303/0/5750", "type": "opaque", "value": "AQI="},
+                    {"path": "/3303/0/5800/1", "type": link_type, "value": "3:0"},
+                    {"path": "/3303/0/5850", "type": "boolean", "value": true},
+                ]),
+                "cf {cf}"
+            );
+            assert_eq!(tree_lines(&a)[0], "/3303/0/5700 = 21.5");
+            assert_eq!(tree_lines(&a)[1], "/3303/0/5701 = Cel");
+        }
+        // Garbage in a typed format: an error and the raw bytes.
+        let (_, j) = json_of("/3303/0", &ok(content_format::SENML_JSON, b"[{".to_vec()));
+        assert!(j["error"].as_str().unwrap().contains("senml-json"), "{j}");
+        assert_eq!(j["value"], "5b7b");
+    }
+
+    #[test]
+    fn discover_becomes_links() {
+        let body = b"</3/0>;pmin=10,</3/0/0>,</3/0/11>;dim=1".to_vec();
+        let (a, j) = json_of("/3/0", &ok(content_format::LINK_FORMAT, body));
+        assert_eq!(
+            j["links"],
+            json!([
+                {"target": "/3/0", "attributes": ["pmin=10"]},
+                {"target": "/3/0/0", "attributes": []},
+                {"target": "/3/0/11", "attributes": ["dim=1"]},
+            ])
+        );
+        assert_eq!(
+            tree_lines(&a),
+            ["</3/0>;pmin=10", "</3/0/0>", "</3/0/11>;dim=1"]
+        );
+        let (_, j) = json_of("/3/0", &ok(content_format::LINK_FORMAT, b"3/0".to_vec()));
+        assert!(j["error"].is_string());
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::events::{rfc3339, EventKind, EventLog, EventRecord, DEFAULT_RING_CAPACITY};
-use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpResult, ServerEvent};
+use crate::lwm2m_server::{Lwm2mServer, OpError, OpId, OpRequest, OpResult, ServerEvent};
 
 /// The longest the server thread sleeps without looking at its channel (a safety net; every
 /// command also wakes it).
@@ -144,6 +144,17 @@ pub enum ReadError {
     TimedOut(Duration),
     #[error("the server is stopping")]
     Stopped,
+    #[error("no observation of {0}")]
+    NotObserved(String),
+}
+
+fn read_error(e: OpError) -> ReadError {
+    match e {
+        OpError::UnknownEndpoint(ep) => ReadError::UnknownEndpoint(ep),
+        OpError::BadPath(p) => ReadError::BadPath(p),
+        OpError::Send(s) => ReadError::Send(s),
+        other => ReadError::Send(other.to_string()),
+    }
 }
 
 enum Command {
@@ -153,6 +164,20 @@ enum Command {
         path: String,
         accept: Option<u16>,
         reply: Sender<Result<OpResult, ReadError>>,
+    },
+    /// Any LwM2M operation (the control API's Write, Execute, Observe, ...); `op` names it
+    /// for the event log. The reply is the first answer, for an Observe its first value.
+    Request {
+        ep: String,
+        op: String,
+        req: OpRequest,
+        reply: Sender<Result<(OpId, OpResult), ReadError>>,
+    },
+    /// Stops the newest observation of `path` at `ep`.
+    CancelObservation {
+        ep: String,
+        path: String,
+        reply: Sender<Result<OpId, ReadError>>,
     },
     Stop,
 }
@@ -219,6 +244,49 @@ impl ServerCtl {
             Err(RecvTimeoutError::Disconnected) => Err(ReadError::Stopped),
         }
     }
+
+    /// Sends any LwM2M operation to `ep` and waits for its (first) answer, at most `timeout`
+    /// (or the configured read timeout). `op` names the operation in the event log.
+    pub fn request(
+        &self,
+        ep: &str,
+        op: &str,
+        req: OpRequest,
+        timeout: Option<Duration>,
+    ) -> Result<(OpId, OpResult), ReadError> {
+        let (reply, rx) = mpsc::channel();
+        let cmd = Command::Request {
+            ep: ep.to_string(),
+            op: op.to_string(),
+            req,
+            reply,
+        };
+        if !self.send(cmd) {
+            return Err(ReadError::Stopped);
+        }
+        let limit = timeout.unwrap_or(self.read_timeout);
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut(limit)),
+            Err(RecvTimeoutError::Disconnected) => Err(ReadError::Stopped),
+        }
+    }
+
+    /// Stops observing `path` at `ep` (the client's next notification is answered with
+    /// RST); gives the observation's [`OpId`].
+    pub fn cancel_observation(&self, ep: &str, path: &str) -> Result<OpId, ReadError> {
+        let (reply, rx) = mpsc::channel();
+        let cmd = Command::CancelObservation {
+            ep: ep.to_string(),
+            path: path.to_string(),
+            reply,
+        };
+        if !self.send(cmd) {
+            return Err(ReadError::Stopped);
+        }
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or(Err(ReadError::Stopped))
+    }
 }
 
 /// The real clocks: `std::time::Instant` since start as the core's monotonic milliseconds,
@@ -270,6 +338,16 @@ struct PendingRead {
     path: String,
 }
 
+/// A pending operation of the control API.
+struct PendingRequest {
+    reply: Sender<Result<(OpId, OpResult), ReadError>>,
+    ep: String,
+    op: String,
+    path: String,
+    /// The request registers an observation (GET with Observe=0).
+    observe: bool,
+}
+
 /// Everything the server thread owns.
 struct Lwm2mLoop {
     socket: UdpSocket,
@@ -279,6 +357,9 @@ struct Lwm2mLoop {
     rx: Receiver<Command>,
     events: Arc<EventLog>,
     pending: HashMap<OpId, PendingRead>,
+    requests: HashMap<OpId, PendingRequest>,
+    /// Accepted observations: endpoint and path, for notification events and cancelling.
+    observations: HashMap<OpId, (String, String)>,
 }
 
 impl Lwm2mLoop {
@@ -345,14 +426,54 @@ impl Lwm2mLoop {
                         self.flush(now);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(match e {
-                            OpError::UnknownEndpoint(ep) => ReadError::UnknownEndpoint(ep),
-                            OpError::BadPath(p) => ReadError::BadPath(p),
-                            OpError::Send(s) => ReadError::Send(s),
-                            other => ReadError::Send(other.to_string()),
-                        }));
+                        let _ = reply.send(Err(read_error(e)));
                     }
                 }
+            }
+            Command::Request { ep, op, req, reply } => {
+                let now = self.clock.now();
+                let path = req.path.clone();
+                let observe = req.observe == Some(0);
+                match self.server.request(now, &ep, req) {
+                    Ok(id) => {
+                        let p = PendingRequest {
+                            reply,
+                            ep,
+                            op,
+                            path,
+                            observe,
+                        };
+                        self.requests.insert(id, p);
+                        self.flush(now);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(read_error(e)));
+                    }
+                }
+            }
+            Command::CancelObservation { ep, path, reply } => {
+                let now = self.clock.now();
+                let newest = self
+                    .observations
+                    .iter()
+                    .filter(|(_, (e, p))| *e == ep && *p == path)
+                    .map(|(op, _)| *op)
+                    .max();
+                let result = match newest {
+                    None => Err(ReadError::NotObserved(path)),
+                    Some(op) => {
+                        self.observations.remove(&op);
+                        match self.server.cancel_observation(now, &ep, op) {
+                            Ok(()) => Ok(op),
+                            Err(OpError::UnknownObservation(_)) => {
+                                Err(ReadError::NotObserved(path))
+                            }
+                            Err(e) => Err(read_error(e)),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+                self.flush(now);
             }
             Command::Stop => {}
         }
@@ -374,6 +495,8 @@ impl Lwm2mLoop {
                     lifetime,
                     peer,
                 } => {
+                    // A new registration starts a new session: earlier observations are gone.
+                    self.observations.retain(|_, (ep, _)| *ep != endpoint);
                     let reg = self.server.registrations().find(|r| r.location == location);
                     EventKind::Registered {
                         ep: endpoint,
@@ -385,8 +508,39 @@ impl Lwm2mLoop {
                     }
                 }
                 ServerEvent::Updated { endpoint } => EventKind::Updated { ep: endpoint },
-                ServerEvent::Deregistered { endpoint } => EventKind::Deregistered { ep: endpoint },
-                ServerEvent::Expired { endpoint } => EventKind::Expired { ep: endpoint },
+                ServerEvent::Deregistered { endpoint } => {
+                    self.observations.retain(|_, (ep, _)| *ep != endpoint);
+                    EventKind::Deregistered { ep: endpoint }
+                }
+                ServerEvent::Expired { endpoint } => {
+                    self.observations.retain(|_, (ep, _)| *ep != endpoint);
+                    EventKind::Expired { ep: endpoint }
+                }
+                ServerEvent::OpFinished { op, result, .. } if self.requests.contains_key(&op) => {
+                    let Some(p) = self.requests.remove(&op) else {
+                        continue;
+                    };
+                    // Only an observation the client accepted (the core decides: 2.05 with an
+                    // Observe option) is remembered for events and cancelling.
+                    if p.observe && self.server.observations().iter().any(|(o, _)| *o == op) {
+                        self.observations.insert(op, (p.ep.clone(), p.path.clone()));
+                    }
+                    let (code, error) = match &result {
+                        Ok(r) => (Some(r.code.clone()), None),
+                        Err(e) => (None, Some(e.clone())),
+                    };
+                    // The waiter may have given up; nothing to do then.
+                    let _ = p
+                        .reply
+                        .send(result.map(|r| (op, r)).map_err(ReadError::Exchange));
+                    EventKind::Operation {
+                        ep: p.ep,
+                        op: p.op,
+                        path: p.path,
+                        code,
+                        error,
+                    }
+                }
                 ServerEvent::OpFinished {
                     op,
                     endpoint,
@@ -410,8 +564,24 @@ impl Lwm2mLoop {
                         error,
                     }
                 }
-                // Forwarded to the event log by the control API (helper "ts").
-                ServerEvent::Notification { .. } => continue,
+                ServerEvent::Notification {
+                    op,
+                    observe,
+                    result,
+                    ..
+                } => {
+                    // Notifications of a cancelled observation are not shown.
+                    let Some((ep, path)) = self.observations.get(&op).cloned() else {
+                        continue;
+                    };
+                    let p = estuary::dm::Path::parse(&path).unwrap_or_default();
+                    EventKind::Notification {
+                        answer: crate::render::read_answer(&p, &result),
+                        ep,
+                        path,
+                        observe,
+                    }
+                }
             };
             self.events.record(now.utc, kind);
         }
@@ -485,6 +655,8 @@ impl TestServer {
             rx,
             events: events.clone(),
             pending: HashMap::new(),
+            requests: HashMap::new(),
+            observations: HashMap::new(),
         };
         let lwm2m_thread = std::thread::Builder::new()
             .name("lwm2m-server".into())

@@ -1,5 +1,7 @@
 //! The Server object (/1): per-server registration parameters (lifetime, binding, default
-//! observation periods).
+//! observation periods), and the Disable and Registration Update Trigger executables, which
+//! the client picks up with [`ServerObject::take_disable_requests`] and
+//! [`ServerObject::take_update_triggers`].
 
 use std::collections::BTreeMap;
 
@@ -67,7 +69,12 @@ const RESOURCES: &[ResourceDef] = &[
 pub struct ServerObject {
     instances: BTreeMap<u16, ServerInstance>,
     update_triggers: Vec<u16>,
+    /// (SSID, disable timeout in seconds) of executed Disables not yet acted on.
+    disable_requests: Vec<(u16, u32)>,
 }
+
+/// Disable Timeout when /1/x/5 is not set (LwM2M 1.1 Appendix E.2: 86400 s).
+pub const DEFAULT_DISABLE_TIMEOUT: u32 = 86400;
 
 impl ServerObject {
     pub fn insert(&mut self, iid: u16, inst: ServerInstance) -> Result<u16, InstanceError> {
@@ -113,6 +120,11 @@ impl ServerObject {
     pub fn take_update_triggers(&mut self) -> Vec<u16> {
         core::mem::take(&mut self.update_triggers)
     }
+
+    /// Disables executed since the last call: (SSID, seconds to stay deregistered).
+    pub fn take_disable_requests(&mut self) -> Vec<(u16, u32)> {
+        core::mem::take(&mut self.disable_requests)
+    }
 }
 
 impl Object for ServerObject {
@@ -129,17 +141,9 @@ impl Object for ServerObject {
     }
 
     fn resources(&self, iid: u16) -> Result<Vec<ResourceDef>, DmError> {
-        let inst = self.instances.get(&iid).ok_or(DmError::NotFound)?;
-        Ok(RESOURCES
-            .iter()
-            .copied()
-            .filter(|d| match d.rid {
-                2 => inst.default_min_period.is_some(),
-                3 => inst.default_max_period.is_some(),
-                5 => inst.disable_timeout.is_some(),
-                _ => true,
-            })
-            .collect())
+        self.instances.get(&iid).ok_or(DmError::NotFound)?;
+        // Optional resources without a value are still listed: a server may write them.
+        Ok(RESOURCES.to_vec())
     }
 
     fn read(&self, iid: u16, rid: u16) -> Result<ResourceValue, DmError> {
@@ -157,14 +161,57 @@ impl Object for ServerObject {
         Ok(ResourceValue::Single(v))
     }
 
+    fn write(&mut self, iid: u16, rid: u16, value: ResourceValue) -> Result<(), DmError> {
+        let inst = self.instances.get_mut(&iid).ok_or(DmError::NotFound)?;
+        let ResourceValue::Single(v) = value else {
+            return Err(DmError::BadRequest);
+        };
+        let period = |v: &Value| match v {
+            Value::Integer(x) if *x >= 0 => Ok(*x),
+            _ => Err(DmError::BadRequest),
+        };
+        match (rid, &v) {
+            (1, Value::Integer(lt)) if *lt > 0 && *lt <= i64::from(u32::MAX) => inst.lifetime = *lt,
+            (2, _) => inst.default_min_period = Some(period(&v)?),
+            (3, _) => inst.default_max_period = Some(period(&v)?),
+            (5, _) => inst.disable_timeout = Some(period(&v)?),
+            (6, Value::Boolean(b)) => inst.notification_storing = *b,
+            (7, Value::String(b)) if !b.is_empty() && b.chars().all(|c| "UTSNQ".contains(c)) => {
+                inst.binding = b.clone()
+            }
+            (0 | 4 | 8, _) => return Err(DmError::MethodNotAllowed),
+            (1 | 6 | 7, _) => return Err(DmError::BadRequest),
+            _ => return Err(DmError::NotFound),
+        }
+        Ok(())
+    }
+
+    /// Write-replace of an instance: optional resources become unset; mandatory ones
+    /// (lifetime, notification storing, binding) keep their values until overwritten.
+    fn reset_instance(&mut self, iid: u16) -> Result<(), DmError> {
+        let inst = self.instances.get_mut(&iid).ok_or(DmError::NotFound)?;
+        inst.default_min_period = None;
+        inst.default_max_period = None;
+        inst.disable_timeout = None;
+        Ok(())
+    }
+
     fn execute(&mut self, iid: u16, rid: u16, _args: &[u8]) -> Result<(), DmError> {
-        let ssid = self.instances.get(&iid).ok_or(DmError::NotFound)?.ssid;
+        let inst = self.instances.get(&iid).ok_or(DmError::NotFound)?;
+        let ssid = inst.ssid;
         match rid {
+            4 => {
+                let timeout = inst
+                    .disable_timeout
+                    .and_then(|t| u32::try_from(t).ok())
+                    .unwrap_or(DEFAULT_DISABLE_TIMEOUT);
+                self.disable_requests.push((ssid, timeout));
+                Ok(())
+            }
             8 => {
                 self.update_triggers.push(ssid);
                 Ok(())
             }
-            // Disable (4) arrives with the complete Server object (data-model issue).
             _ => Err(DmError::MethodNotAllowed),
         }
     }
