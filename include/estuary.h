@@ -1037,6 +1037,21 @@ int estuary_get_objlnk(struct estuary_input_ctx_t *ctx,
                        estuary_oid_t *out_oid,
                        estuary_iid_t *out_iid);
 
+/**
+ * Announces that resource /`oid`/`iid`/`rid` changed (or the whole instance, with `rid`
+ * ESTUARY_ID_INVALID), so servers observing it get a notification as their attributes
+ * (pmin, pmax, gt, lt, st) allow. Call it from the thread that runs the event loop, while
+ * the loop is not running (from inside a handler it returns ESTUARY_ERR_BUSY: interrupt
+ * the loop and call it afterwards). Read handlers may run inside this call to get the
+ * new value. Before the event loop has started there is nobody to notify and it returns
+ * 0. Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT, ESTUARY_ERR_INVALID_ARGUMENT (`iid` 65535,
+ * or no object `oid`), ESTUARY_ERR_BUSY.
+ */
+int estuary_notify_changed(struct estuary_t *estuary,
+                           estuary_oid_t oid,
+                           estuary_iid_t iid,
+                           estuary_rid_t rid);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -179,7 +179,7 @@ mod dm_object {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use estuary::coap::TxParams;
+    use estuary::coap::{content_format, TxParams};
     use estuary::time::{Instant, Now, UtcTime};
     use estuary_testserver::lwm2m_server::{OpMethod, OpRequest};
     use estuary_testserver::{Lwm2mServer, OpId, OpResult, ServerEvent};
@@ -342,10 +342,10 @@ mod dm_object {
         assert_eq!(h.code(OpRequest::get("/9000/0/7")), "4.04", "not listed");
         assert_eq!(h.code(OpRequest::get("/9000/1/0")), "4.04", "no instance");
         for (args, expected) in [
-            (&b"0"[..], "2.04"),
-            (b"-131", "4.03"),
-            (b"-163", "5.03"),
-            (b"-10", "5.00"),
+            (&b""[..], "2.04"),
+            (b"0='-131'", "4.03"),
+            (b"0='-163'", "5.03"),
+            (b"0='-10'", "5.00"),
         ] {
             assert_eq!(
                 h.code(exec("/9000/0/20", args)),
@@ -357,6 +357,83 @@ mod dm_object {
             h.code(exec("/9000/0/0", b"")),
             "4.05",
             "execute a readable resource"
+        );
+
+        // Writes: the handlers check undersized buffers from C; a string longer than the
+        // firmware's buffer makes it return ESTUARY_ERR_NO_SPACE, not a CoAP code: 5.00.
+        let text = |path: &str, body: &str| {
+            OpRequest::with_body(
+                OpMethod::Put,
+                path,
+                content_format::TEXT_PLAIN,
+                body.as_bytes().to_vec(),
+            )
+        };
+        assert_eq!(h.code(text("/9000/0/5", "hello")), "2.04");
+        let back = h
+            .request(OpRequest::get("/9000/0/5"))
+            .expect("reading /9000/0/5");
+        assert_eq!(back.payload, b"hello");
+        assert_eq!(
+            h.code(text("/9000/0/5", &"x".repeat(70))),
+            "5.00",
+            "longer than 63 bytes"
+        );
+        let opaque = |body: &[u8]| {
+            OpRequest::with_body(
+                OpMethod::Put,
+                "/9000/0/6",
+                content_format::OCTET_STREAM,
+                body.to_vec(),
+            )
+        };
+        assert_eq!(h.code(opaque(&[1, 2, 3])), "2.04");
+        assert_eq!(h.code(opaque(&[1, 2])), "4.00", "the handler's own 4.00");
+        assert_eq!(h.code(text("/9000/0/0", "no")), "4.05", "read-only");
+        // No instance_create / instance_remove handlers: 4.05.
+        let create = OpRequest::with_body(
+            OpMethod::Post,
+            "/9000",
+            content_format::LWM2M_TLV,
+            Vec::new(),
+        );
+        assert_eq!(h.code(create), "4.05");
+        assert_eq!(
+            h.code(OpRequest {
+                method: OpMethod::Delete,
+                ..OpRequest::get("/9000/0")
+            }),
+            "4.05"
+        );
+
+        // Observe /9000/0/5; the firmware changes it (execute 22) and calls
+        // estuary_notify_changed() once the loop returns: a notification with the new value.
+        let now = h.now();
+        let observe = OpRequest {
+            observe: Some(0),
+            accept: Some(content_format::TEXT_PLAIN),
+            ..OpRequest::get("/9000/0/5")
+        };
+        let op = h
+            .server
+            .request(now, "dm-object", observe)
+            .expect("observe");
+        let first = h.until(Duration::from_secs(10), |ev| match ev {
+            ServerEvent::OpFinished { op: o, result, .. } if *o == op => Some(result.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            first.and_then(Result::ok).map(|r| r.payload),
+            Some(b"hello".to_vec())
+        );
+        assert_eq!(h.code(exec("/9000/0/22", b"")), "2.04");
+        let note = h.until(Duration::from_secs(10), |ev| match ev {
+            ServerEvent::Notification { op: o, result, .. } if *o == op => Some(result.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            note.map(|r| (r.code, r.payload)),
+            Some(("2.05".to_string(), b"changed".to_vec()))
         );
 
         // Stop: the firmware checks stale contexts, then de-registers and exits.

@@ -21,7 +21,9 @@ use super::error::{
 use super::lifecycle::{estuary_t, with_estuary};
 use super::objects::{estuary_iid_t, ESTUARY_ID_INVALID};
 use super::{arg_mut, arg_ref, bytes_arg, ffi_boundary, opt_str_arg, Refusal};
-use crate::dm::{oid, DmError, Object, Operations, ResourceDef, ResourceValue, Value, ValueKind};
+use crate::dm::{
+    oid, DmError, Object, Operations, Path, ResourceDef, ResourceValue, Value, ValueKind,
+};
 
 /// An Object ID.
 pub type estuary_oid_t = u16;
@@ -1234,6 +1236,47 @@ pub unsafe extern "C" fn estuary_get_objlnk(
         *out_oid = link.0;
         *out_iid = link.1;
         Ok(0)
+    })
+}
+
+// ---- notifications --------------------------------------------------------------------
+
+/// Announces that resource /`oid`/`iid`/`rid` changed (or the whole instance, with `rid`
+/// ESTUARY_ID_INVALID), so servers observing it get a notification as their attributes
+/// (pmin, pmax, gt, lt, st) allow. Call it from the thread that runs the event loop, while
+/// the loop is not running (from inside a handler it returns ESTUARY_ERR_BUSY: interrupt
+/// the loop and call it afterwards). Read handlers may run inside this call to get the
+/// new value. Before the event loop has started there is nobody to notify and it returns
+/// 0. Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT, ESTUARY_ERR_INVALID_ARGUMENT (`iid` 65535,
+/// or no object `oid`), ESTUARY_ERR_BUSY.
+#[no_mangle]
+pub unsafe extern "C" fn estuary_notify_changed(
+    estuary: *mut estuary_t,
+    oid: estuary_oid_t,
+    iid: estuary_iid_t,
+    rid: estuary_rid_t,
+) -> c_int {
+    ffi_boundary!({
+        if iid == ESTUARY_ID_INVALID {
+            return Err(Refusal::invalid("iid 65535 does not name an instance"));
+        }
+        let path = if rid == ESTUARY_ID_INVALID {
+            Path::instance(oid, iid)
+        } else {
+            Path::resource(oid, iid, rid)
+        };
+        // SAFETY: a handle from estuary_new() per the C caller.
+        unsafe {
+            with_estuary(estuary, |inner| {
+                if inner.driver.client().data_model().object(oid).is_none() {
+                    return Err(Refusal::invalid(format!("there is no object {oid}")));
+                }
+                if inner.driver.is_started() {
+                    inner.driver.notify_changed(&path);
+                }
+                Ok(0)
+            })
+        }
     })
 }
 

@@ -15,9 +15,11 @@
  *   3   R  float    estuary_ret_bool on a float (refused), then 0: 5.00
  *   4   RM integer  instances 0 and 5, one refusal for a missing estuary_ret_instance()
  *   5   RW string   write: a 4-byte buffer gets ESTUARY_ERR_NO_SPACE, then 64 bytes
- *   6   W  opaque   write: a 2-byte buffer gets ESTUARY_ERR_NO_SPACE, then 16 bytes
- *   20  E           returns the integer given as argument (e.g. "-131" -> 4.03)
+ *   6   W  opaque   write: a 1-byte buffer gets ESTUARY_ERR_NO_SPACE, then 16 bytes
+ *   20  E           returns the integer in argument 0 (e.g. 0='-131' -> 4.03)
  *   21  E           stops the event loop
+ *   22  E           sets resource 5 to "changed"; the main loop then calls
+ *                   estuary_notify_changed() for /9000/0/5
  *   100+k R integer returns -(code k) from the table in tests/c_api.rs (CODES)
  *
  * Exits 0 when every check passed; prints "N checks, M failed".
@@ -71,6 +73,8 @@ static const int CODES[] = {
 static estuary_t *g_estuary;
 static char g_string[64] = "initial";
 static estuary_output_ctx_t *g_stale_out;
+static bool g_stop;
+static bool g_changed;
 
 /* Firmware state next to its definition: obj_ptr leads back to it. */
 struct test_object {
@@ -105,6 +109,7 @@ static int list_resources(const estuary_dm_object_def_t *const *obj_ptr,
     rc = rc ? rc : estuary_dm_emit_res(ctx, 6, ESTUARY_DM_RES_W, p, ESTUARY_DM_TYPE_OPAQUE);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 20, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 21, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 22, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
     for (unsigned k = 0; !rc && k < N_CODES; k++) {
         rc = estuary_dm_emit_res(ctx, (estuary_rid_t) (100 + k), ESTUARY_DM_RES_R, p,
                                  ESTUARY_DM_TYPE_INTEGER);
@@ -170,7 +175,7 @@ static int resource_write(const estuary_dm_object_def_t *const *obj_ptr, estuary
         return estuary_get_string(ctx, g_string, sizeof(g_string));
     }
     if (rid == 6) {
-        unsigned char small[2];
+        unsigned char small[1];
         unsigned char big[16];
         size_t n = 99;
         CHECK_RC(estuary_get_bytes(ctx, small, sizeof(small), &n), ESTUARY_ERR_NO_SPACE);
@@ -191,9 +196,19 @@ static int resource_execute(const estuary_dm_object_def_t *const *obj_ptr, estua
     container(obj_ptr)->executed++;
     CHECK(args != NULL && args[args_size] == '\0');
     if (rid == 20) {
-        return atoi(args);
+        /* Arguments as LwM2M writes them: 0='-131'. */
+        const char *quote = strchr(args, '\'');
+        return quote ? atoi(quote + 1) : 0;
     }
-    if (rid == 21) {
+    if (rid == 21 || rid == 22) {
+        if (rid == 21) {
+            g_stop = true;
+        } else {
+            snprintf(g_string, sizeof(g_string), "changed");
+            g_changed = true;
+            /* From inside a handler other calls are refused. */
+            CHECK_RC(estuary_notify_changed(g_estuary, 9000, 0, 5), ESTUARY_ERR_BUSY);
+        }
         /* The only Estuary call allowed from inside a handler besides the helpers. */
         return estuary_event_loop_interrupt(g_estuary);
     }
@@ -245,7 +260,13 @@ static void check_without_server(void) {
     CHECK_RC(estuary_register_object(e, def_ptr), 0);
     CHECK_RC(estuary_register_object(e, def_ptr), ESTUARY_ERR_ALREADY_EXISTS);
 
-    /*NOTIFY*/
+    CHECK_RC(estuary_notify_changed(NULL, 9000, 0, 0), ESTUARY_ERR_NULL_ARGUMENT);
+    CHECK_RC(estuary_notify_changed(e, 9000, ESTUARY_ID_INVALID, 0),
+             ESTUARY_ERR_INVALID_ARGUMENT);
+    CHECK_RC(estuary_notify_changed(e, 9001, 0, 0), ESTUARY_ERR_INVALID_ARGUMENT);
+    /* Before the loop has started nobody observes anything: nothing to do. */
+    CHECK_RC(estuary_notify_changed(e, 9000, 0, 0), 0);
+    CHECK_RC(estuary_notify_changed(e, 9000, 0, ESTUARY_ID_INVALID), 0);
 
     /* NULL contexts. */
     int64_t i = 0;
@@ -324,13 +345,19 @@ int main(int argc, char **argv) {
         CHECK_RC(estuary_server_object_install(g_estuary), 0);
         CHECK_RC(estuary_server_object_add_instance(g_estuary, &server, &iid), 0);
         CHECK_RC(estuary_register_object(g_estuary, &g_object.def), 0);
-        CHECK_RC(estuary_event_loop_run(g_estuary,
-                                        estuary_time_duration_from_scalar(100, ESTUARY_TIME_MS)),
-                 0);
+        while (!g_stop) {
+            CHECK_RC(estuary_event_loop_run(g_estuary, estuary_time_duration_from_scalar(
+                                                               100, ESTUARY_TIME_MS)),
+                     0);
+            if (g_changed) {
+                g_changed = false;
+                CHECK_RC(estuary_notify_changed(g_estuary, 9000, 0, 5), 0);
+            }
+        }
         /* Contexts die with their handler call. */
         CHECK(g_stale_out != NULL);
         CHECK_RC(estuary_ret_i64(g_stale_out, 1), ESTUARY_ERR_INVALID_ARGUMENT);
-        CHECK(g_object.executed >= 2);
+        CHECK(g_object.executed >= 3);
         /* Once the loop has started, objects cannot be added. */
         CHECK_RC(estuary_register_object(g_estuary, &g_object.def), ESTUARY_ERR_NOT_SUPPORTED);
         estuary_delete(g_estuary);
