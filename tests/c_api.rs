@@ -369,6 +369,66 @@ mod dm_object {
                 body.as_bytes().to_vec(),
             )
         };
+        let senml = |method: OpMethod, path: &str, body: &str| {
+            OpRequest::with_body(
+                method,
+                path,
+                content_format::SENML_JSON,
+                body.as_bytes().to_vec(),
+            )
+        };
+        // A multiple resource through estuary_get_instance() and back.
+        let multi = r#"[{"bn":"/9000/0/8/","n":"0","v":5},{"n":"3","v":-7}]"#;
+        assert_eq!(h.code(senml(OpMethod::Put, "/9000/0/8", multi)), "2.04");
+        let read = OpRequest {
+            accept: Some(content_format::SENML_JSON),
+            ..OpRequest::get("/9000/0/8")
+        };
+        let back = h.request(read).expect("reading /9000/0/8");
+        let text_back = String::from_utf8_lossy(&back.payload).into_owned();
+        assert!(
+            back.code == "2.05" && text_back.contains("-7") && text_back.contains(":5"),
+            "{text_back}"
+        );
+        let nine: Vec<String> = (0..9)
+            .map(|i| format!(r#"{{"n":"/9000/0/8/{i}","v":{i}}}"#))
+            .collect();
+        assert_eq!(
+            h.code(senml(
+                OpMethod::Put,
+                "/9000/0/8",
+                &format!("[{}]", nine.join(","))
+            )),
+            "4.13"
+        );
+        // Write-replace of the instance: instance_reset, then the write, in a transaction.
+        let replace = r#"[{"bn":"/9000/0/","n":"5","vs":"replaced"}]"#;
+        assert_eq!(h.code(senml(OpMethod::Put, "/9000/0", replace)), "2.04");
+        // transaction_validate refuses "invalid" with 4.12; the old value comes back.
+        let invalid = r#"[{"bn":"/9000/0/","n":"5","vs":"invalid"}]"#;
+        assert_eq!(h.code(senml(OpMethod::Post, "/9000/0", invalid)), "4.12");
+        let back = h
+            .request(OpRequest::get("/9000/0/5"))
+            .expect("reading /9000/0/5");
+        assert_eq!(back.payload, b"replaced");
+        // Create and Delete through instance_create / instance_remove.
+        let create = r#"[{"bn":"/9000/1/","n":"5","vs":"new"}]"#;
+        assert_eq!(h.code(senml(OpMethod::Post, "/9000", create)), "2.01");
+        assert_eq!(h.code(OpRequest::get("/9000/1/0")), "2.05");
+        let create2 = r#"[{"bn":"/9000/2/","n":"5","vs":"no"}]"#;
+        assert_eq!(
+            h.code(senml(OpMethod::Post, "/9000", create2)),
+            "4.03",
+            "the handler's 4.03"
+        );
+        let delete = |path: &str| OpRequest {
+            method: OpMethod::Delete,
+            ..OpRequest::get(path)
+        };
+        assert_eq!(h.code(delete("/9000/0")), "4.05", "the handler's 4.05");
+        assert_eq!(h.code(delete("/9000/1")), "2.02");
+        assert_eq!(h.code(OpRequest::get("/9000/1/0")), "4.04");
+
         assert_eq!(h.code(text("/9000/0/5", "hello")), "2.04");
         let back = h
             .request(OpRequest::get("/9000/0/5"))
@@ -390,21 +450,6 @@ mod dm_object {
         assert_eq!(h.code(opaque(&[1, 2, 3])), "2.04");
         assert_eq!(h.code(opaque(&[1, 2])), "4.00", "the handler's own 4.00");
         assert_eq!(h.code(text("/9000/0/0", "no")), "4.05", "read-only");
-        // No instance_create / instance_remove handlers: 4.05.
-        let create = OpRequest::with_body(
-            OpMethod::Post,
-            "/9000",
-            content_format::LWM2M_TLV,
-            Vec::new(),
-        );
-        assert_eq!(h.code(create), "4.05");
-        assert_eq!(
-            h.code(OpRequest {
-                method: OpMethod::Delete,
-                ..OpRequest::get("/9000/0")
-            }),
-            "4.05"
-        );
 
         // Observe /9000/0/5; the firmware changes it (execute 22) and calls
         // estuary_notify_changed() once the loop returns: a notification with the new value.

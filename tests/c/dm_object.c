@@ -8,19 +8,24 @@
  *   dm_object                 only the checks that need no server
  *   dm_object coap://HOST:P   also registers and serves until /9000/0/21 is executed
  *
- * Object 9000, instance 0:
+ * Object 9000, instance 0 (and 1 while a server has created it):
  *   0   R  string   "ok"
  *   1   R  string   returns invalid UTF-8 (refused), then 0: the server gets 5.00
  *   2   R  opaque   NULL data with a size (refused), then 0: 5.00
  *   3   R  float    estuary_ret_bool on a float (refused), then 0: 5.00
  *   4   RM integer  instances 0 and 5, one refusal for a missing estuary_ret_instance()
- *   5   RW string   write: a 4-byte buffer gets ESTUARY_ERR_NO_SPACE, then 64 bytes
+ *   5   RW string   write: a buffer of strlen bytes gets ESTUARY_ERR_NO_SPACE, strlen + 1
+ *                   is enough; longer than 63 bytes the handler returns NO_SPACE (5.00)
  *   6   W  opaque   write: a 1-byte buffer gets ESTUARY_ERR_NO_SPACE, then 16 bytes
+ *   8   RWM integer  up to 8 resource instances, written with estuary_get_instance()
  *   20  E           returns the integer in argument 0 (e.g. 0='-131' -> 4.03)
  *   21  E           stops the event loop
  *   22  E           sets resource 5 to "changed"; the main loop then calls
  *                   estuary_notify_changed() for /9000/0/5
  *   100+k R integer returns -(code k) from the table in tests/c_api.rs (CODES)
+ *
+ * Transactions: validate refuses resource 5 = "invalid" with 4.12; begin, commit and
+ * rollback are counted; instance_reset empties resource 5 before a Write-replace.
  *
  * Exits 0 when every check passed; prints "N checks, M failed".
  */
@@ -75,6 +80,13 @@ static char g_string[64] = "initial";
 static estuary_output_ctx_t *g_stale_out;
 static bool g_stop;
 static bool g_changed;
+static bool g_instance1;
+static uint16_t g_multi_ids[8];
+static int64_t g_multi_values[8];
+static size_t g_multi_count;
+static struct {
+    int begin, validate, commit, rollback, reset, create, remove;
+} g_calls;
 
 /* Firmware state next to its definition: obj_ptr leads back to it. */
 struct test_object {
@@ -90,13 +102,20 @@ static int list_instances(const estuary_dm_object_def_t *const *obj_ptr,
                           estuary_dm_list_ctx_t *ctx) {
     (void) obj_ptr;
     CHECK_RC(estuary_dm_emit(ctx, ESTUARY_ID_INVALID), ESTUARY_ERR_INVALID_ARGUMENT);
+    if (g_instance1) {
+        int rc = estuary_dm_emit(ctx, 1);
+        if (rc) {
+            return rc;
+        }
+        CHECK_RC(estuary_dm_emit(ctx, 1), ESTUARY_ERR_ALREADY_EXISTS);
+    }
     return estuary_dm_emit(ctx, 0);
 }
 
 static int list_resources(const estuary_dm_object_def_t *const *obj_ptr,
                           estuary_iid_t iid, estuary_dm_resource_list_ctx_t *ctx) {
     (void) obj_ptr;
-    if (iid != 0) {
+    if (iid != 0 && !(iid == 1 && g_instance1)) {
         return ESTUARY_ERR_NOT_FOUND;
     }
     const estuary_dm_resource_presence_t p = ESTUARY_DM_RES_PRESENT;
@@ -107,6 +126,7 @@ static int list_resources(const estuary_dm_object_def_t *const *obj_ptr,
     rc = rc ? rc : estuary_dm_emit_res(ctx, 4, ESTUARY_DM_RES_RM, p, ESTUARY_DM_TYPE_INTEGER);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 5, ESTUARY_DM_RES_RW, p, ESTUARY_DM_TYPE_STRING);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 6, ESTUARY_DM_RES_W, p, ESTUARY_DM_TYPE_OPAQUE);
+    rc = rc ? rc : estuary_dm_emit_res(ctx, 8, ESTUARY_DM_RES_RWM, p, ESTUARY_DM_TYPE_INTEGER);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 20, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 21, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
     rc = rc ? rc : estuary_dm_emit_res(ctx, 22, ESTUARY_DM_RES_E, p, ESTUARY_DM_TYPE_NONE);
@@ -155,6 +175,15 @@ static int resource_read(const estuary_dm_object_def_t *const *obj_ptr, estuary_
         return estuary_ret_u64(ctx, 5);
     case 5:
         return estuary_ret_string(ctx, g_string);
+    case 8:
+        for (size_t k = 0; k < g_multi_count; k++) {
+            int rc = estuary_ret_instance(ctx, g_multi_ids[k]);
+            rc = rc ? rc : estuary_ret_i64(ctx, g_multi_values[k]);
+            if (rc) {
+                return rc;
+            }
+        }
+        return 0;
     default:
         if (rid >= 100 && rid < 100 + N_CODES) {
             return CODES[rid - 100];
@@ -168,11 +197,22 @@ static int resource_write(const estuary_dm_object_def_t *const *obj_ptr, estuary
     (void) obj_ptr;
     (void) iid;
     if (rid == 5) {
-        char small[4] = { 'x', 'x', 'x', 'x' };
-        CHECK_RC(estuary_get_string(ctx, small, sizeof(small)), ESTUARY_ERR_NO_SPACE);
-        CHECK(small[0] == 'x');
+        char buf[sizeof(g_string)];
         CHECK_RC(estuary_get_string(ctx, NULL, 8), ESTUARY_ERR_NULL_ARGUMENT);
-        return estuary_get_string(ctx, g_string, sizeof(g_string));
+        int rc = estuary_get_string(ctx, buf, sizeof(buf));
+        if (rc) {
+            return rc;
+        }
+        /* The boundary: length + 1 bytes are needed; one less is refused untouched. */
+        size_t len = strlen(buf);
+        char exact[sizeof(g_string)];
+        memset(exact, 'x', sizeof(exact));
+        CHECK_RC(estuary_get_string(ctx, exact, len), ESTUARY_ERR_NO_SPACE);
+        CHECK(len == 0 || exact[0] == 'x');
+        CHECK_RC(estuary_get_string(ctx, exact, len + 1), 0);
+        CHECK(strcmp(exact, buf) == 0);
+        memcpy(g_string, buf, sizeof(buf));
+        return 0;
     }
     if (rid == 6) {
         unsigned char small[1];
@@ -187,7 +227,87 @@ static int resource_write(const estuary_dm_object_def_t *const *obj_ptr, estuary
         }
         return n == 3 && memcmp(big, "\x01\x02\x03", 3) == 0 ? 0 : ESTUARY_ERR_BAD_REQUEST;
     }
+    if (rid == 8) {
+        uint16_t ids[8];
+        int64_t values[8];
+        size_t count = 0;
+        estuary_riid_t riid;
+        int rc;
+        int64_t v;
+        CHECK_RC(estuary_get_i64(ctx, &v), ESTUARY_ERR_STATE);
+        while ((rc = estuary_get_instance(ctx, &riid)) == 0) {
+            if (count == 8) {
+                return ESTUARY_ERR_REQUEST_ENTITY_TOO_LARGE;
+            }
+            ids[count] = riid;
+            rc = estuary_get_i64(ctx, &values[count]);
+            if (rc) {
+                return rc;
+            }
+            count++;
+        }
+        if (rc != ESTUARY_DM_END) {
+            return rc;
+        }
+        CHECK_RC(estuary_get_instance(ctx, &riid), ESTUARY_DM_END);
+        memcpy(g_multi_ids, ids, sizeof(ids));
+        memcpy(g_multi_values, values, sizeof(values));
+        g_multi_count = count;
+        return 0;
+    }
     return ESTUARY_ERR_METHOD_NOT_ALLOWED;
+}
+
+static int instance_create(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid) {
+    (void) obj_ptr;
+    g_calls.create++;
+    if (iid != 1) {
+        return ESTUARY_ERR_FORBIDDEN;
+    }
+    g_instance1 = true;
+    return 0;
+}
+
+static int instance_remove(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid) {
+    (void) obj_ptr;
+    g_calls.remove++;
+    if (iid != 1) {
+        return ESTUARY_ERR_METHOD_NOT_ALLOWED;
+    }
+    g_instance1 = false;
+    return 0;
+}
+
+static int instance_reset(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid) {
+    (void) obj_ptr;
+    (void) iid;
+    g_calls.reset++;
+    g_string[0] = '\0';
+    return 0;
+}
+
+static int transaction_begin(const estuary_dm_object_def_t *const *obj_ptr) {
+    (void) obj_ptr;
+    g_calls.begin++;
+    return 0;
+}
+
+static int transaction_validate(const estuary_dm_object_def_t *const *obj_ptr) {
+    (void) obj_ptr;
+    g_calls.validate++;
+    return strcmp(g_string, "invalid") == 0 ? ESTUARY_ERR_PRECONDITION_FAILED : 0;
+}
+
+static int transaction_commit(const estuary_dm_object_def_t *const *obj_ptr) {
+    (void) obj_ptr;
+    g_calls.commit++;
+    return 0;
+}
+
+static int transaction_rollback(const estuary_dm_object_def_t *const *obj_ptr) {
+    (void) obj_ptr;
+    g_calls.rollback++;
+    return 0;
 }
 
 static int resource_execute(const estuary_dm_object_def_t *const *obj_ptr, estuary_iid_t iid,
@@ -224,6 +344,13 @@ static const estuary_dm_object_def_t OBJECT_DEF = {
         .resource_read = resource_read,
         .resource_write = resource_write,
         .resource_execute = resource_execute,
+        .instance_create = instance_create,
+        .instance_remove = instance_remove,
+        .instance_reset = instance_reset,
+        .transaction_begin = transaction_begin,
+        .transaction_validate = transaction_validate,
+        .transaction_commit = transaction_commit,
+        .transaction_rollback = transaction_rollback,
     },
 };
 
@@ -358,6 +485,15 @@ int main(int argc, char **argv) {
         CHECK(g_stale_out != NULL);
         CHECK_RC(estuary_ret_i64(g_stale_out, 1), ESTUARY_ERR_INVALID_ARGUMENT);
         CHECK(g_object.executed >= 3);
+        /* The server's script: failed writes rolled back, two creates (one refused), two
+         * deletes (one refused), one Write-replace of an instance. */
+        CHECK(g_calls.rollback >= 1);
+        CHECK(g_calls.validate == g_calls.commit + 1);
+        CHECK(g_calls.begin >= g_calls.validate);
+        CHECK(g_calls.create == 2 && g_calls.remove == 2);
+        CHECK(g_calls.reset >= 1);
+        printf("transactions: %d begun, %d committed, %d rolled back; %d resets\n",
+               g_calls.begin, g_calls.commit, g_calls.rollback, g_calls.reset);
         /* Once the loop has started, objects cannot be added. */
         CHECK_RC(estuary_register_object(g_estuary, &g_object.def), ESTUARY_ERR_NOT_SUPPORTED);
         estuary_delete(g_estuary);
