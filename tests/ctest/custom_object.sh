@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# ctest: start estuary-testserver, run examples-c/02-custom-object against it, and through
-# the control API: write pmin/pmax on /3303/0/5700, observe it and receive at least two
-# notifications with different values, execute Reset Min and Max (/3303/0/5605) and see
+# ctest: start estuary-testserver, run examples-c/02-custom-object against it, then write
+# pmin/pmax on /3303/0/5700, observe it and receive at least two notifications with
+# different values, execute Reset Min and Max (/3303/0/5605) and see
 # the range shrink, read /3303/0 as SenML CBOR and as TLV, cancel the observation, stop
-# the example with SIGINT and see the de-registration. 127.0.0.1 only; waits are bounded.
+# the example with SIGINT and see the de-registration. Everything goes through the test
+# server's command-line client (the control API). 127.0.0.1 only; waits are bounded.
 set -euo pipefail
 server_bin=$1 example_bin=$2 work=$3
 source "$(dirname "$0")/common.sh"
@@ -16,11 +17,12 @@ example_pid=$!
 PIDS+=("$example_pid")
 wait_for_event "$work/events.jsonl" "registered" "$ep" 20
 
-# api METHOD PATH [BODY]: one control-API call for this endpoint; prints the JSON answer.
-api() {
-    local method=$1 path=$2
+# op COMMAND PATH [ARGS...]: one LwM2M operation through the test server's command-line
+# client (which uses the control API); prints the control API's JSON answer.
+op() {
+    local cmd=$1 path=$2
     shift 2
-    curl -sS --max-time 20 -X "$method" "http://$CONTROL/api/clients/$ep$path" "$@"
+    "$server_bin" "$cmd" "$ep" "$path" "$@" --control "$CONTROL" --json --timeout 20 || true
 }
 
 # field JSON KEY: a top-level field of a JSON object, as text.
@@ -36,18 +38,18 @@ expect_code() {
     echo "$3 -> $2"
 }
 
-units=$(api GET "/3303/0/5701?format=text")
+units=$(op read /3303/0/5701 --format text)
 expect_code "$units" "2.05" "read /3303/0/5701"
 [ "$(field "$units" value)" = "Cel" ] || fail "units are not Cel: $units"
 
-expect_code "$(api PUT "/3303/0/5700/attributes?pmin=1&pmax=5")" "2.04" "write-attributes pmin=1 pmax=5"
+expect_code "$(op attr /3303/0/5700 pmin=1 pmax=5)" "2.04" "write-attributes pmin=1 pmax=5"
 
-observe=$(api POST "/3303/0/5700/observe?format=text")
+observe=$(op observe /3303/0/5700 --format text)
 expect_code "$observe" "2.05" "observe /3303/0/5700"
 
 # At least two notifications for /3303/0/5700 with different values, within 20 s.
 notifications() {
-    curl -sS --max-time 10 "http://$CONTROL/api/events" | python3 -c '
+    "$server_bin" events --control "$CONTROL" | python3 -c '
 import json, sys
 ep, path = sys.argv[1], sys.argv[2]
 text = sys.stdin.read().strip()
@@ -81,27 +83,28 @@ echo "notifications: $count, $distinct distinct values: $(echo $values)"
 # is narrower than the one collected while observing.
 range() {
     local min max
-    min=$(field "$(api GET "/3303/0/5601?format=text")" value)
-    max=$(field "$(api GET "/3303/0/5602?format=text")" value)
+    min=$(field "$(op read /3303/0/5601 --format text)" value)
+    max=$(field "$(op read /3303/0/5602 --format text)" value)
     python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' "$min" "$max"
 }
 sleep 3
 before=$(range)
-expect_code "$(api POST "/3303/0/5605" --data-binary "")" "2.04" "execute /3303/0/5605"
+expect_code "$(op exec /3303/0/5605)" "2.04" "execute /3303/0/5605"
 after=$(range)
 python3 -c 'import sys; b, a = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if 0 <= a < b else 1)' "$before" "$after" \
     || fail "reset did not narrow min..max: before $before, after $after"
 echo "min..max range: $before before the reset, $after after"
 
-senml=$(api GET "/3303/0?format=senml-cbor")
+senml=$(op read /3303/0 --format senml-cbor)
 expect_code "$senml" "2.05" "read /3303/0 as SenML CBOR"
 grep -q "5700" <<< "$senml" || fail "SenML CBOR read lacks 5700: $senml"
-tlv=$(api GET "/3303/0?format=tlv")
+tlv=$(op read /3303/0 --format tlv)
 expect_code "$tlv" "2.05" "read /3303/0 as TLV"
 grep -q "5700" <<< "$tlv" || fail "TLV read lacks 5700: $tlv"
 grep -q "Cel" <<< "$tlv" || fail "TLV read lacks the units: $tlv"
 
-api DELETE "/3303/0/5700/observe" > "$work/cancel.json" || fail "cancelling the observation failed"
+op cancel-observe /3303/0/5700 > "$work/cancel.json"
+grep -q '"cancelled":true' "$work/cancel.json" || fail "cancelling the observation failed: $(cat "$work/cancel.json")"
 
 kill -INT "$example_pid"
 rc=0
