@@ -203,6 +203,10 @@ static int resource_write(const estuary_dm_object_def_t *const *obj_ptr, estuary
         if (rc) {
             return rc;
         }
+        /* A string is no object link, and (unless it is one) no boolean. */
+        estuary_oid_t o;
+        estuary_iid_t i;
+        CHECK_RC(estuary_get_objlnk(ctx, &o, &i), ESTUARY_ERR_BAD_REQUEST);
         /* The boundary: length + 1 bytes are needed; one less is refused untouched. */
         size_t len = strlen(buf);
         char exact[sizeof(g_string)];
@@ -235,6 +239,25 @@ static int resource_write(const estuary_dm_object_def_t *const *obj_ptr, estuary
         int rc;
         int64_t v;
         CHECK_RC(estuary_get_i64(ctx, &v), ESTUARY_ERR_STATE);
+        /* NULL outputs, checked before anything else. */
+        uint64_t u;
+        double d;
+        bool b;
+        estuary_oid_t o;
+        estuary_iid_t i;
+        CHECK_RC(estuary_get_instance(ctx, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_i64(ctx, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_u64(ctx, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_double(ctx, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_bool(ctx, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_objlnk(ctx, NULL, &i), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_objlnk(ctx, &o, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_string(ctx, NULL, 4), ESTUARY_ERR_NULL_ARGUMENT);
+        CHECK_RC(estuary_get_bytes(ctx, NULL, 4, NULL), ESTUARY_ERR_NULL_ARGUMENT);
+        /* Before estuary_get_instance() there is no current value. */
+        CHECK_RC(estuary_get_u64(ctx, &u), ESTUARY_ERR_STATE);
+        CHECK_RC(estuary_get_double(ctx, &d), ESTUARY_ERR_STATE);
+        CHECK_RC(estuary_get_bool(ctx, &b), ESTUARY_ERR_STATE);
         while ((rc = estuary_get_instance(ctx, &riid)) == 0) {
             if (count == 8) {
                 return ESTUARY_ERR_REQUEST_ENTITY_TOO_LARGE;
