@@ -428,9 +428,12 @@ typedef uint16_t estuary_rid_t;
 /**
  * The handlers of an object. Each returns 0 or a negated CoAP code (ESTUARY_ERR_NOT_FOUND,
  * ESTUARY_ERR_METHOD_NOT_ALLOWED, ESTUARY_ERR_BAD_REQUEST, ...), which the server gets
- * as the response code; any other negative value answers 5.00. Handlers run inside
- * estuary_event_loop_run() on its thread; Estuary calls on the same client made from a
- * handler return ESTUARY_ERR_BUSY. The context pointers are valid only during the call.
+ * as the response code; any other negative value answers 5.00. Handlers run only inside
+ * estuary_event_loop_run(), estuary_notify_changed() and estuary_delete(), on the calling
+ * thread and never two at once; other Estuary calls on the same client made from a
+ * handler return ESTUARY_ERR_BUSY (estuary_event_loop_interrupt() excepted). The context
+ * pointers are valid only during the call. When a multi-resource Write or Create fails,
+ * transaction_rollback runs and the values read before the request are written back.
  */
 typedef struct estuary_dm_handlers_t {
     /**
