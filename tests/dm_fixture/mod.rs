@@ -159,14 +159,19 @@ impl Object for TempObject {
 
 /// A registered simulation whose client holds a Temperature object with instance 0.
 pub fn setup(seed: u64) -> (Sim, Shared) {
+    setup_with(SimConfig::new(seed))
+}
+
+/// [`setup`] with a given simulator configuration (e.g. a lossy link).
+pub fn setup_with(cfg: SimConfig) -> (Sim, Shared) {
     let shared: Shared = Arc::default();
     shared.lock().unwrap().instances.insert(0, Temp::new(21.5));
-    let mut sim = Sim::new(SimConfig::new(seed));
+    let mut sim = Sim::new(cfg);
     sim.client_mut()
         .register_object(Box::new(TempObject(shared.clone())))
         .unwrap();
     sim.start().unwrap();
-    assert!(sim.run_until_registered(Duration::from_secs(60)));
+    assert!(sim.run_until_registered(Duration::from_secs(600)));
     (sim, shared)
 }
 
