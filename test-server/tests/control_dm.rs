@@ -1,7 +1,8 @@
 //! Device management through the control API against a real `estuary::Client` over loopback
 //! UDP that carries an IPSO Temperature object (3303) of the test's own: Write and Read
-//! back, Create and Delete of instances, Discover, Write-Attributes, and Observe with
-//! notifications as events until the observation is cancelled. Bounded to ~30 s.
+//! back, Read in SenML JSON/CBOR and LwM2M CBOR, Create and Delete of instances, Discover,
+//! Write-Attributes, and Observe with notifications as events until the observation is
+//! cancelled. Bounded to ~30 s.
 
 mod common;
 
@@ -246,6 +247,31 @@ fn write_create_delete_discover_attributes_observe() {
     assert_eq!(v["code"], "2.04", "{v}");
     let (_, v) = call(&c, "GET", &api("/3303/0/5750"), b"", &d);
     assert_eq!(v["value"], "porch");
+
+    // Read the instance in each typed format: entries with their types.
+    for f in ["senml-json", "senml-cbor", "lwm2m-cbor"] {
+        let (_, v) = call(&c, "GET", &api(&format!("/3303/0?format={f}")), b"", &d);
+        assert_eq!(
+            (v["code"].as_str(), v["format"].as_str()),
+            (Some("2.05"), Some(f)),
+            "{v}"
+        );
+        let entries = v["entries"].as_array().unwrap();
+        let app = entries
+            .iter()
+            .find(|e| e["path"] == "/3303/0/5750")
+            .unwrap();
+        assert_eq!(
+            (app["type"].as_str(), app["value"].as_str()),
+            (Some("string"), Some("porch"))
+        );
+        let sensor = entries
+            .iter()
+            .find(|e| e["path"] == "/3303/0/5700")
+            .unwrap();
+        assert_eq!(sensor["type"], "float", "{f}: {v}");
+        assert!(sensor["value"].as_f64().unwrap() >= 20.0);
+    }
 
     // Create instance 7 (TLV with its ID), read it, Delete it.
     let body = br#"{"id":7,"resources":{"5750":"garage"}}"#;
