@@ -144,6 +144,31 @@
 #define ESTUARY_ERR_SERVICE_UNAVAILABLE -163
 
 /**
+ * Returned by estuary_get_instance() when every resource instance has been visited.
+ */
+#define ESTUARY_DM_END 1
+
+/**
+ * The context of a list_instances handler (for estuary_dm_emit()).
+ */
+typedef struct estuary_dm_list_ctx_t estuary_dm_list_ctx_t;
+
+/**
+ * The context of a list_resources handler (for estuary_dm_emit_res()).
+ */
+typedef struct estuary_dm_resource_list_ctx_t estuary_dm_resource_list_ctx_t;
+
+/**
+ * The context of a resource_write handler (for the estuary_get_* helpers).
+ */
+typedef struct estuary_input_ctx_t estuary_input_ctx_t;
+
+/**
+ * The context of a resource_read handler (for the estuary_ret_* helpers).
+ */
+typedef struct estuary_output_ctx_t estuary_output_ctx_t;
+
+/**
  * A persistence stream; create it with one of the estuary_stream_*_create() functions and
  * free it with estuary_stream_delete().
  */
@@ -522,6 +547,141 @@ typedef ptrdiff_t (*estuary_stream_read_cb_t)(void *arg, uint8_t *buf, size_t si
 typedef int (*estuary_stream_write_cb_t)(void *arg, const uint8_t *data, size_t size);
 
 /**
+ * An Object ID.
+ */
+typedef uint16_t estuary_oid_t;
+
+/**
+ * What every handler gets back as `obj_ptr`: the `def_ptr` given to
+ * estuary_register_object(), a pointer to a pointer to the object definition.
+ */
+typedef const struct estuary_dm_object_def_t *const *estuary_dm_obj_ptr_t;
+
+/**
+ * A Resource ID.
+ */
+typedef uint16_t estuary_rid_t;
+
+/**
+ * The handlers of an object. Each returns 0 or a negated CoAP code (ESTUARY_ERR_NOT_FOUND,
+ * ESTUARY_ERR_METHOD_NOT_ALLOWED, ESTUARY_ERR_BAD_REQUEST, ...), which the server gets
+ * as the response code; any other negative value answers 5.00. Handlers run only inside
+ * estuary_event_loop_run(), estuary_notify_changed() and estuary_delete(), on the calling
+ * thread and never two at once; other Estuary calls on the same client made from a
+ * handler return ESTUARY_ERR_BUSY (estuary_event_loop_interrupt() excepted). The context
+ * pointers are valid only during the call. When a multi-resource Write or Create fails,
+ * transaction_rollback runs and the values read before the request are written back.
+ */
+typedef struct estuary_dm_handlers_t {
+    /**
+     * Required: emits every Instance ID with estuary_dm_emit() (any order).
+     */
+    int (*list_instances)(estuary_dm_obj_ptr_t obj_ptr, struct estuary_dm_list_ctx_t *ctx);
+    /**
+     * Required: emits the resources of instance `iid` with estuary_dm_emit_res().
+     */
+    int (*list_resources)(estuary_dm_obj_ptr_t obj_ptr,
+                          estuary_iid_t iid,
+                          struct estuary_dm_resource_list_ctx_t *ctx);
+    /**
+     * Reads a resource: one estuary_ret_* call for a single resource; for a multiple
+     * resource, estuary_ret_instance() then one estuary_ret_* per resource instance.
+     * NULL: reads answer 4.05.
+     */
+    int (*resource_read)(estuary_dm_obj_ptr_t obj_ptr,
+                         estuary_iid_t iid,
+                         estuary_rid_t rid,
+                         struct estuary_output_ctx_t *ctx);
+    /**
+     * Writes a resource: estuary_get_* gives the value; for a multiple resource the new
+     * set of resource instances is visited with estuary_get_instance(). NULL: 4.05.
+     */
+    int (*resource_write)(estuary_dm_obj_ptr_t obj_ptr,
+                          estuary_iid_t iid,
+                          estuary_rid_t rid,
+                          struct estuary_input_ctx_t *ctx);
+    /**
+     * Executes a resource. `args` holds the `args_size` argument bytes of the request
+     * followed by a NUL (so text arguments can be used as a string). NULL: 4.05.
+     */
+    int (*resource_execute)(estuary_dm_obj_ptr_t obj_ptr,
+                            estuary_iid_t iid,
+                            estuary_rid_t rid,
+                            const char *args,
+                            size_t args_size);
+    /**
+     * Creates instance `iid` (a server's Create). NULL: 4.05.
+     */
+    int (*instance_create)(estuary_dm_obj_ptr_t obj_ptr, estuary_iid_t iid);
+    /**
+     * Removes instance `iid` (a server's Delete). NULL: 4.05.
+     */
+    int (*instance_remove)(estuary_dm_obj_ptr_t obj_ptr, estuary_iid_t iid);
+    /**
+     * Optional: before a Write-replace of instance `iid`, drops the values of its
+     * writable resources. NULL: nothing is dropped.
+     */
+    int (*instance_reset)(estuary_dm_obj_ptr_t obj_ptr, estuary_iid_t iid);
+    /**
+     * Optional: starts a transaction around a Write or Create of several resources.
+     */
+    int (*transaction_begin)(estuary_dm_obj_ptr_t obj_ptr);
+    /**
+     * Optional: checks that the written values are consistent; an error rolls back.
+     */
+    int (*transaction_validate)(estuary_dm_obj_ptr_t obj_ptr);
+    /**
+     * Optional: makes the transaction's changes final.
+     */
+    int (*transaction_commit)(estuary_dm_obj_ptr_t obj_ptr);
+    /**
+     * Optional: undoes the changes since transaction_begin (its result is only logged).
+     */
+    int (*transaction_rollback)(estuary_dm_obj_ptr_t obj_ptr);
+} estuary_dm_handlers_t;
+
+/**
+ * An object definition. Pass estuary_register_object() a pointer to a pointer to it: the
+ * same `obj_ptr` comes back to every handler, so firmware can keep its own state next to
+ * the definition. Estuary copies `oid`, `version` and the handlers at registration.
+ */
+typedef struct estuary_dm_object_def_t {
+    /**
+     * The Object ID; 0 to 3 are Estuary's own, 65535 is reserved.
+     */
+    estuary_oid_t oid;
+    /**
+     * The object version advertised at registration, e.g. "1.1"; NULL = "1.0".
+     */
+    const char *version;
+    /**
+     * The handlers.
+     */
+    struct estuary_dm_handlers_t handlers;
+} estuary_dm_object_def_t;
+
+/**
+ * What a resource allows, as in object definitions: one of the ESTUARY_DM_RES_* kinds.
+ */
+typedef int estuary_dm_resource_kind_t;
+
+/**
+ * Whether a listed resource currently exists in the instance.
+ */
+typedef int estuary_dm_resource_presence_t;
+
+/**
+ * The data type of a resource (LwM2M 1.1 Appendix C). TLV and text/plain carry no type,
+ * so Estuary needs it to decode what a server writes.
+ */
+typedef int estuary_dm_type_t;
+
+/**
+ * A Resource Instance ID (of a multiple resource).
+ */
+typedef uint16_t estuary_riid_t;
+
+/**
  * The zero-length duration.
  */
 #define ESTUARY_TIME_DURATION_ZERO (estuary_time_duration_t){ .seconds = 0, .nanoseconds = 0 }
@@ -696,6 +856,101 @@ typedef int (*estuary_stream_write_cb_t)(void *arg, const uint8_t *data, size_t 
  * Create or truncate a file for writing, with mode 0600 (it may hold keys).
  */
 #define ESTUARY_STREAM_FILE_WRITE 2
+
+/**
+ * Readable single resource.
+ */
+#define ESTUARY_DM_RES_R 0
+
+/**
+ * Writable single resource.
+ */
+#define ESTUARY_DM_RES_W 1
+
+/**
+ * Readable and writable single resource.
+ */
+#define ESTUARY_DM_RES_RW 2
+
+/**
+ * Readable multiple resource.
+ */
+#define ESTUARY_DM_RES_RM 3
+
+/**
+ * Writable multiple resource.
+ */
+#define ESTUARY_DM_RES_WM 4
+
+/**
+ * Readable and writable multiple resource.
+ */
+#define ESTUARY_DM_RES_RWM 5
+
+/**
+ * Executable resource.
+ */
+#define ESTUARY_DM_RES_E 6
+
+/**
+ * The resource is defined but has no value in this instance now (left out of reads).
+ */
+#define ESTUARY_DM_RES_ABSENT 0
+
+/**
+ * The resource exists in this instance.
+ */
+#define ESTUARY_DM_RES_PRESENT 1
+
+/**
+ * No value: executable resources.
+ */
+#define ESTUARY_DM_TYPE_NONE 0
+
+/**
+ * UTF-8 string (estuary_ret_string / estuary_get_string).
+ */
+#define ESTUARY_DM_TYPE_STRING 1
+
+/**
+ * Signed integer (estuary_ret_i64 / estuary_get_i64).
+ */
+#define ESTUARY_DM_TYPE_INTEGER 2
+
+/**
+ * Unsigned integer (estuary_ret_u64 / estuary_get_u64).
+ */
+#define ESTUARY_DM_TYPE_UNSIGNED 3
+
+/**
+ * Float (estuary_ret_double / estuary_get_double).
+ */
+#define ESTUARY_DM_TYPE_FLOAT 4
+
+/**
+ * Boolean (estuary_ret_bool / estuary_get_bool).
+ */
+#define ESTUARY_DM_TYPE_BOOLEAN 5
+
+/**
+ * Opaque bytes (estuary_ret_bytes / estuary_get_bytes).
+ */
+#define ESTUARY_DM_TYPE_OPAQUE 6
+
+/**
+ * Time, seconds since the Unix epoch (estuary_ret_i64 / estuary_get_i64).
+ */
+#define ESTUARY_DM_TYPE_TIME 7
+
+/**
+ * Object link (estuary_ret_objlnk / estuary_get_objlnk).
+ */
+#define ESTUARY_DM_TYPE_OBJLNK 8
+
+/**
+ * CoRE link string (estuary_ret_string / estuary_get_string).
+ */
+#define ESTUARY_DM_TYPE_CORELNK 9
 
 #ifdef __cplusplus
 extern "C" {
@@ -935,6 +1190,167 @@ int estuary_server_object_restore(struct estuary_t *estuary, struct estuary_stre
  * True when the Server object changed since it was last persisted or restored.
  */
 bool estuary_server_object_is_modified(struct estuary_t *estuary);
+
+/**
+ * Registers a firmware object. `def_ptr` points to a pointer to the definition; it (and
+ * what the firmware reaches through it) must stay valid until estuary_delete(), since
+ * every handler receives it back as `obj_ptr`. Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT
+ * (NULL `estuary`, `def_ptr`, `*def_ptr`, or a NULL list_instances / list_resources),
+ * ESTUARY_ERR_INVALID_ARGUMENT (Object ID 0 to 3 or 65535, a version that is not
+ * "MAJOR.MINOR" or not UTF-8), ESTUARY_ERR_ALREADY_EXISTS (an object with that ID is
+ * registered), ESTUARY_ERR_NOT_SUPPORTED (the event loop has started).
+ */
+int estuary_register_object(struct estuary_t *estuary,
+                            const struct estuary_dm_object_def_t *const *def_ptr);
+
+/**
+ * From a list_instances handler: lists Instance ID `iid`. Returns 0, or:
+ * ESTUARY_ERR_NULL_ARGUMENT / ESTUARY_ERR_INVALID_ARGUMENT (no live context, or `iid`
+ * 65535), ESTUARY_ERR_ALREADY_EXISTS (emitted twice; the listing keeps one).
+ */
+int estuary_dm_emit(struct estuary_dm_list_ctx_t *ctx, estuary_iid_t iid);
+
+/**
+ * From a list_resources handler: lists resource `rid` with its kind (ESTUARY_DM_RES_R,
+ * _W, _RW, _RM, _WM, _RWM, _E), presence (ESTUARY_DM_RES_PRESENT / _ABSENT; absent
+ * resources are left out of reads, writes and Discover) and data type (ESTUARY_DM_TYPE_*;
+ * ESTUARY_DM_TYPE_NONE only for _E). Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT /
+ * ESTUARY_ERR_INVALID_ARGUMENT (no live context, `rid` 65535, an unknown kind, presence
+ * or type), ESTUARY_ERR_ALREADY_EXISTS (`rid` emitted twice; the first one counts).
+ */
+int estuary_dm_emit_res(struct estuary_dm_resource_list_ctx_t *ctx,
+                        estuary_rid_t rid,
+                        estuary_dm_resource_kind_t kind,
+                        estuary_dm_resource_presence_t presence,
+                        estuary_dm_type_t data_type);
+
+/**
+ * From a resource_read handler of a multiple resource: starts resource instance `riid`;
+ * the next estuary_ret_* call gives its value. Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT /
+ * ESTUARY_ERR_INVALID_ARGUMENT (no live context, `riid` 65535), ESTUARY_ERR_STATE (the
+ * resource is single, or the previous instance has no value yet),
+ * ESTUARY_ERR_ALREADY_EXISTS (`riid` returned twice).
+ */
+int estuary_ret_instance(struct estuary_output_ctx_t *ctx, estuary_riid_t riid);
+
+/**
+ * From a resource_read handler: returns a signed integer (also for time, unsigned and
+ * float resources when the value fits). Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT /
+ * ESTUARY_ERR_INVALID_ARGUMENT (no live context, a value the resource's type cannot
+ * hold), ESTUARY_ERR_STATE (a second value for a single resource, or no
+ * estuary_ret_instance() first for a multiple one). After a refusal the read answers 5.00.
+ */
+int estuary_ret_i64(struct estuary_output_ctx_t *ctx, int64_t value);
+
+/**
+ * As estuary_ret_i64(), for an unsigned integer.
+ */
+int estuary_ret_u64(struct estuary_output_ctx_t *ctx, uint64_t value);
+
+/**
+ * As estuary_ret_i64(), for a float; NaN and infinities are refused
+ * (ESTUARY_ERR_INVALID_ARGUMENT), since no content format can carry them.
+ */
+int estuary_ret_double(struct estuary_output_ctx_t *ctx, double value);
+
+/**
+ * As estuary_ret_i64(), for a boolean.
+ */
+int estuary_ret_bool(struct estuary_output_ctx_t *ctx, bool value);
+
+/**
+ * As estuary_ret_i64(), for a NUL-terminated UTF-8 string (copied); also for CoRE link
+ * resources. A NULL `value` is ESTUARY_ERR_NULL_ARGUMENT, invalid UTF-8
+ * ESTUARY_ERR_INVALID_ARGUMENT.
+ */
+int estuary_ret_string(struct estuary_output_ctx_t *ctx, const char *value);
+
+/**
+ * As estuary_ret_i64(), for `size` opaque bytes at `data` (copied; NULL with size 0 is
+ * empty, NULL with a non-zero size ESTUARY_ERR_NULL_ARGUMENT).
+ */
+int estuary_ret_bytes(struct estuary_output_ctx_t *ctx, const void *data, size_t size);
+
+/**
+ * As estuary_ret_i64(), for an object link `oid:iid`.
+ */
+int estuary_ret_objlnk(struct estuary_output_ctx_t *ctx, estuary_oid_t oid, estuary_iid_t iid);
+
+/**
+ * From a resource_write handler of a multiple resource: selects the next written
+ * resource instance and stores its ID in `*out_riid`; the estuary_get_* helpers then read
+ * its value. Returns 0, ESTUARY_DM_END when every instance has been visited,
+ * ESTUARY_ERR_NULL_ARGUMENT / ESTUARY_ERR_INVALID_ARGUMENT (no live context, NULL
+ * `out_riid`), or ESTUARY_ERR_STATE (the resource is single).
+ */
+int estuary_get_instance(struct estuary_input_ctx_t *ctx, estuary_riid_t *out_riid);
+
+/**
+ * From a resource_write handler: the written value as a signed integer in `*out`.
+ * Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT / ESTUARY_ERR_INVALID_ARGUMENT (no live
+ * context, NULL `out`), ESTUARY_ERR_BAD_REQUEST (the value is not an integer in range —
+ * return it from the handler to answer 4.00), ESTUARY_ERR_STATE (a multiple resource
+ * without estuary_get_instance()). `*out` is written only on success.
+ */
+int estuary_get_i64(struct estuary_input_ctx_t *ctx, int64_t *out);
+
+/**
+ * As estuary_get_i64(), for an unsigned integer.
+ */
+int estuary_get_u64(struct estuary_input_ctx_t *ctx, uint64_t *out);
+
+/**
+ * As estuary_get_i64(), for a (finite) float; integers are converted.
+ */
+int estuary_get_double(struct estuary_input_ctx_t *ctx, double *out);
+
+/**
+ * As estuary_get_i64(), for a boolean.
+ */
+int estuary_get_bool(struct estuary_input_ctx_t *ctx, bool *out);
+
+/**
+ * From a resource_write handler: copies the written string and a terminating NUL into
+ * `buf` (`buf_size` bytes). Returns 0, or: ESTUARY_ERR_NO_SPACE (`buf_size` is less than
+ * the length + 1; nothing is written), ESTUARY_ERR_BAD_REQUEST (not a string, or it
+ * contains a NUL), and the codes of estuary_get_i64().
+ */
+int estuary_get_string(struct estuary_input_ctx_t *ctx, char *buf, size_t buf_size);
+
+/**
+ * From a resource_write handler: copies the written bytes into `buf` (`buf_size` bytes)
+ * and their count into `*out_size`. Returns 0, or: ESTUARY_ERR_NO_SPACE (`buf_size` is
+ * too small; nothing is written), ESTUARY_ERR_NULL_ARGUMENT (NULL `out_size`, or NULL
+ * `buf` with a non-zero `buf_size`), ESTUARY_ERR_BAD_REQUEST (not opaque or string), and
+ * the codes of estuary_get_i64().
+ */
+int estuary_get_bytes(struct estuary_input_ctx_t *ctx,
+                      void *buf,
+                      size_t buf_size,
+                      size_t *out_size);
+
+/**
+ * From a resource_write handler: the written object link in `*out_oid` and `*out_iid`.
+ * Returns as estuary_get_i64().
+ */
+int estuary_get_objlnk(struct estuary_input_ctx_t *ctx,
+                       estuary_oid_t *out_oid,
+                       estuary_iid_t *out_iid);
+
+/**
+ * Announces that resource /`oid`/`iid`/`rid` changed (or the whole instance, with `rid`
+ * ESTUARY_ID_INVALID), so servers observing it get a notification as their attributes
+ * (pmin, pmax, gt, lt, st) allow. Call it from the thread that runs the event loop, while
+ * the loop is not running (from inside a handler it returns ESTUARY_ERR_BUSY: interrupt
+ * the loop and call it afterwards). Read handlers may run inside this call to get the
+ * new value. Before the event loop has started there is nobody to notify and it returns
+ * 0. Returns 0, or: ESTUARY_ERR_NULL_ARGUMENT, ESTUARY_ERR_INVALID_ARGUMENT (`iid` 65535,
+ * or no object `oid`), ESTUARY_ERR_BUSY.
+ */
+int estuary_notify_changed(struct estuary_t *estuary,
+                           estuary_oid_t oid,
+                           estuary_iid_t iid,
+                           estuary_rid_t rid);
 
 #ifdef __cplusplus
 }  // extern "C"

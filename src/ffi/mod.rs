@@ -5,7 +5,7 @@
 //! plus one log line naming the function, a panic becomes `ESTUARY_ERR_INTERNAL` plus a log
 //! line), and the checked conversions from C arguments (NULL pointers, NUL-terminated UTF-8
 //! strings, pointer + size buffers). The submodules hold one concern each: error codes,
-//! time, logging, configuration and lifecycle, built-in objects.
+//! time, logging, configuration and lifecycle, built-in objects, firmware objects.
 //!
 //! Conventions the C side can rely on: no Rust reference appears in an `extern "C"`
 //! signature; enum-like inputs are plain integers validated here (a C enum holding an
@@ -36,6 +36,8 @@ pub mod objects;
 pub mod stream;
 
 pub mod persist;
+
+pub mod dm;
 
 use std::borrow::Cow;
 use std::ffi::{c_char, c_int, CStr};

@@ -243,6 +243,13 @@ impl Driver {
         Ok(())
     }
 
+    /// Announces a changed value to observers ([`Client::notify_changed`]) and sends what
+    /// follows. Used by the C API's estuary_notify_changed().
+    pub fn notify_changed(&mut self, path: &crate::dm::Path) {
+        self.client.notify_changed(self.clock.now(), path);
+        self.flush();
+    }
+
     /// The sockets to wait on for reading (poll-style use). Empty before the first
     /// datagram was sent; call again after each [`Driver::run_due`] / [`Driver::serve_fd`]
     /// since connections open and close.
