@@ -13,12 +13,7 @@ source "$(dirname "$0")/common.sh"
 
 ep="ctest-bs-$mode-$$"
 prepare_state() {
-    local cfg=$1
-    BS_PORT=$(free_port)
-    BS_COAPS_PORT=$(free_port)
-    sed -i "s/^bootstrap_coap = .*/bootstrap_coap = $BS_PORT/" "$cfg"
-    sed -i "s/^bootstrap_coaps = .*/bootstrap_coaps = $BS_COAPS_PORT/" "$cfg"
-    local want=$2
+    local cfg=$1 want=$2
     sed -i "s/^security_mode = .*/security_mode = \"$want\"/" "$cfg"
 }
 START_HOOK=prepare_state

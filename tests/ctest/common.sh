@@ -37,7 +37,7 @@ set_coaps_port() {
 }
 
 # start_testserver BIN WORKDIR ENDPOINT [ARG]: init + run in the background (calling
-# $START_HOOK CONFIG ARG first when set); sets LWM2M_PORT,
+# $START_HOOK CONFIG ARG first when set); sets LWM2M_PORT, BS_PORT, BS_COAPS_PORT,
 # COAPS_PORT and CONTROL, and waits until the control API answers.
 start_testserver() {
     local bin=$1 ep=$3
@@ -50,6 +50,11 @@ start_testserver() {
     set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
     COAPS_PORT=$(free_port)
     set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
+    # Bootstrap ports too, so tests running in parallel never share one.
+    BS_PORT=$(free_port)
+    BS_COAPS_PORT=$(free_port)
+    sed -i "s/^bootstrap_coap = .*/bootstrap_coap = $BS_PORT/" "$WORK/state/config.toml"
+    sed -i "s/^bootstrap_coaps = .*/bootstrap_coaps = $BS_COAPS_PORT/" "$WORK/state/config.toml"
     # A driver may adjust the state directory before the server starts.
     if [ -n "${START_HOOK:-}" ]; then
         "$START_HOOK" "$WORK/state/config.toml" "${4:-}"
