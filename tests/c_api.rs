@@ -1,4 +1,4 @@
-//! The C API contract from C: `tests/c/api_contract.c` is compiled against
+//! The C API contract from C: `tests/c/api_contract.c`, `dtls_config.c` and `dm_object.c` are compiled against
 //! `include/estuary.h` with `-Wall -Wextra -Werror`, linked with the static library C
 //! firmware links (`libestuary.a`), and run; it exits 0 only if every check passed.
 //!
@@ -529,4 +529,44 @@ fn c_object_handlers_under_sanitizers() {
         "-fno-omit-frame-pointer",
     ];
     dm_object::run("_asan", &flags);
+}
+
+/// The DTLS parts of the C API: `tests/c/dtls_config.c` (trust_store_certs and the
+/// estuary_certificate_chain_info_from_* helpers, udp_dtls_hs_tx_params, the Security
+/// instance's DTLS fields).
+#[test]
+fn c_api_dtls_fields() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api_dtls");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("creating the C test directory");
+    let mut rng = estuary::crypto::Drbg::from_seed(8);
+    let ca = estuary::crypto::CertificateIssuer::new_root_ca(
+        estuary::crypto::KeyPair::generate(&mut rng).unwrap(),
+        "CN=c-api-dtls",
+        estuary::time::UtcTime::from_unix_seconds(0),
+        estuary::time::UtcTime::from_unix_seconds(1 << 31),
+        &mut rng,
+    )
+    .unwrap();
+    let pem = certs.join("ca.pem");
+    std::fs::write(&pem, ca.certificate().to_pem()).unwrap();
+    let exe = dir.join("dtls_config");
+    let built = build_c("dtls_config", &exe, &[]);
+    assert!(
+        built.status.success(),
+        "compiling tests/c/dtls_config.c failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let out = Command::new(&exe)
+        .arg(&pem)
+        .arg(&certs)
+        .output()
+        .expect("running the C test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(", 0 failed"),
+        "dtls_config failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -57,6 +57,84 @@ fn server_bytes(inner: &Inner) -> Result<Vec<u8>, Refusal> {
     )?)
 }
 
+fn security_apply(inner: &mut Inner, bytes: &[u8]) -> Result<(), Refusal> {
+    let (obj, _) = persist::objects::security_restore(bytes)?;
+    inner.driver.client_mut().data_model_mut().security = obj;
+    inner.security_installed = true;
+    Ok(())
+}
+
+fn server_apply(inner: &mut Inner, bytes: &[u8]) -> Result<(), Refusal> {
+    let (obj, _) = persist::objects::server_restore(bytes)?;
+    inner.driver.client_mut().data_model_mut().server = obj;
+    inner.server_installed = true;
+    Ok(())
+}
+
+/// Writes one part to `stream` and records it as saved.
+///
+/// # Safety
+/// As the exports: handles from estuary_new() / a stream constructor, or NULL.
+unsafe fn persist_part(
+    estuary: *mut estuary_t,
+    stream: *mut estuary_stream_t,
+    part: Part,
+    bytes: fn(&Inner) -> Result<Vec<u8>, Refusal>,
+) -> Result<c_int, Refusal> {
+    // SAFETY: forwarded from the caller.
+    let s = unsafe { arg_mut(stream, "stream") }?;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_estuary(estuary, |inner| {
+            let b = bytes(inner)?;
+            s.inner.write_all(&b)?;
+            inner.persist.mark_saved(part, &b);
+            Ok(0)
+        })
+    }
+}
+
+/// Reads one whole part from `stream` and applies it; nothing changes on any error.
+///
+/// # Safety
+/// As [`persist_part`].
+unsafe fn restore_part(
+    estuary: *mut estuary_t,
+    stream: *mut estuary_stream_t,
+    part: Part,
+    apply: fn(&mut Inner, &[u8]) -> Result<(), Refusal>,
+) -> Result<c_int, Refusal> {
+    // SAFETY: forwarded from the caller.
+    let s = unsafe { arg_mut(stream, "stream") }?;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_estuary(estuary, |inner| {
+            not_running(inner)?;
+            let bytes = read_part(&mut s.inner)?;
+            apply(inner, &bytes)?;
+            inner.persist.mark_saved(part, &bytes);
+            Ok(0)
+        })
+    }
+}
+
+/// Whether a part differs from what was last persisted or restored.
+///
+/// # Safety
+/// As [`persist_part`].
+unsafe fn part_modified(
+    estuary: *mut estuary_t,
+    part: Part,
+    bytes: fn(&Inner) -> Result<Vec<u8>, Refusal>,
+) -> Result<bool, Refusal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_estuary(estuary, |inner| {
+            Ok(inner.persist.is_modified(part, &bytes(inner)?))
+        })
+    }
+}
+
 /// Writes the Security object (with its keys: use a 0600 file or protected flash) to
 /// `stream`.
 #[no_mangle]
@@ -64,19 +142,8 @@ pub unsafe extern "C" fn estuary_security_object_persist(
     estuary: *mut estuary_t,
     stream: *mut estuary_stream_t,
 ) -> c_int {
-    ffi_boundary!({
-        // SAFETY: forwarded from the caller.
-        let s = unsafe { arg_mut(stream, "stream") }?;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            with_estuary(estuary, |inner| {
-                let bytes = security_bytes(inner)?;
-                s.inner.write_all(&bytes)?;
-                inner.persist.mark_saved(Part::Security, &bytes);
-                Ok(0)
-            })
-        }
-    })
+    // SAFETY: forwarded from the caller.
+    ffi_boundary!({ unsafe { persist_part(estuary, stream, Part::Security, security_bytes) } })
 }
 
 /// Replaces the Security object with the one read from `stream`. On any error (truncated,
@@ -86,37 +153,16 @@ pub unsafe extern "C" fn estuary_security_object_restore(
     estuary: *mut estuary_t,
     stream: *mut estuary_stream_t,
 ) -> c_int {
-    ffi_boundary!({
-        // SAFETY: forwarded from the caller.
-        let s = unsafe { arg_mut(stream, "stream") }?;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            with_estuary(estuary, |inner| {
-                not_running(inner)?;
-                let bytes = read_part(&mut s.inner)?;
-                let (obj, _) = persist::objects::security_restore(&bytes)?;
-                inner.driver.client_mut().data_model_mut().security = obj;
-                inner.security_installed = true;
-                inner.persist.mark_saved(Part::Security, &bytes);
-                Ok(0)
-            })
-        }
-    })
+    // SAFETY: forwarded from the caller.
+    ffi_boundary!({ unsafe { restore_part(estuary, stream, Part::Security, security_apply) } })
 }
 
 /// True when the Security object changed since it was last persisted or restored (or was
 /// never persisted). False on a NULL handle.
 #[no_mangle]
 pub unsafe extern "C" fn estuary_security_object_is_modified(estuary: *mut estuary_t) -> bool {
-    ffi_boundary!({
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            with_estuary(estuary, |inner| {
-                let bytes = security_bytes(inner)?;
-                Ok(inner.persist.is_modified(Part::Security, &bytes))
-            })
-        }
-    })
+    // SAFETY: forwarded from the caller.
+    ffi_boundary!({ unsafe { part_modified(estuary, Part::Security, security_bytes) } })
 }
 
 /// Writes the Server object to `stream`.
@@ -125,19 +171,8 @@ pub unsafe extern "C" fn estuary_server_object_persist(
     estuary: *mut estuary_t,
     stream: *mut estuary_stream_t,
 ) -> c_int {
-    ffi_boundary!({
-        // SAFETY: forwarded from the caller.
-        let s = unsafe { arg_mut(stream, "stream") }?;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            with_estuary(estuary, |inner| {
-                let bytes = server_bytes(inner)?;
-                s.inner.write_all(&bytes)?;
-                inner.persist.mark_saved(Part::Server, &bytes);
-                Ok(0)
-            })
-        }
-    })
+    // SAFETY: forwarded from the caller.
+    ffi_boundary!({ unsafe { persist_part(estuary, stream, Part::Server, server_bytes) } })
 }
 
 /// Replaces the Server object with the one read from `stream`; unchanged on any error.
@@ -146,36 +181,15 @@ pub unsafe extern "C" fn estuary_server_object_restore(
     estuary: *mut estuary_t,
     stream: *mut estuary_stream_t,
 ) -> c_int {
-    ffi_boundary!({
-        // SAFETY: forwarded from the caller.
-        let s = unsafe { arg_mut(stream, "stream") }?;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            with_estuary(estuary, |inner| {
-                not_running(inner)?;
-                let bytes = read_part(&mut s.inner)?;
-                let (obj, _) = persist::objects::server_restore(&bytes)?;
-                inner.driver.client_mut().data_model_mut().server = obj;
-                inner.server_installed = true;
-                inner.persist.mark_saved(Part::Server, &bytes);
-                Ok(0)
-            })
-        }
-    })
+    // SAFETY: forwarded from the caller.
+    ffi_boundary!({ unsafe { restore_part(estuary, stream, Part::Server, server_apply) } })
 }
 
 /// True when the Server object changed since it was last persisted or restored.
 #[no_mangle]
 pub unsafe extern "C" fn estuary_server_object_is_modified(estuary: *mut estuary_t) -> bool {
-    ffi_boundary!({
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            with_estuary(estuary, |inner| {
-                let bytes = server_bytes(inner)?;
-                Ok(inner.persist.is_modified(Part::Server, &bytes))
-            })
-        }
-    })
+    // SAFETY: forwarded from the caller.
+    ffi_boundary!({ unsafe { part_modified(estuary, Part::Server, server_bytes) } })
 }
 
 #[cfg(test)]
