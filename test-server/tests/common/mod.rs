@@ -53,10 +53,25 @@ pub struct UdpClient {
 impl UdpClient {
     /// Starts registering `ep` at `server` with `lifetime` seconds.
     pub fn spawn(ep: &str, server: SocketAddr, lifetime: i64, limit: Duration) -> UdpClient {
+        Self::spawn_with(ClientConfig::new(ep), Vec::new(), server, lifetime, limit)
+    }
+
+    /// As [`UdpClient::spawn`], with a configuration of the test's and its own objects.
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub fn spawn_with(
+        cfg: ClientConfig,
+        objects: Vec<Box<dyn estuary::dm::Object>>,
+        server: SocketAddr,
+        lifetime: i64,
+        limit: Duration,
+    ) -> UdpClient {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.connect(server).unwrap();
         let addr = sock.local_addr().unwrap();
-        let mut client = Client::new(ClientConfig::new(ep), Box::new(SeededRng::new(42))).unwrap();
+        let mut client = Client::new(cfg, Box::new(SeededRng::new(42))).unwrap();
+        for o in objects {
+            client.register_object(o).unwrap();
+        }
         let dm = client.data_model_mut();
         dm.security
             .insert(0, SecurityInstance::nosec(&format!("coap://{server}"), 1))
