@@ -629,6 +629,7 @@ impl Client {
                 if let Some(sev) = sev {
                     self.events.push_back(match sev {
                         SessionEvent::Registered { location } => {
+                            self.est.fallbacks = 0;
                             Event::Registered { ssid, location }
                         }
                         SessionEvent::Updated => Event::RegistrationUpdated { ssid },

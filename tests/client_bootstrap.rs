@@ -73,6 +73,8 @@ struct Rig {
     start: Instant,
     /// Drop every datagram to or from the Bootstrap-Server.
     bs_silent: bool,
+    /// Drop every datagram to the management server.
+    lw_silent: bool,
     /// Datagrams the client sent, per connection kind (bootstrap, management).
     sent: [u64; 2],
     pki: TestPki,
@@ -168,6 +170,7 @@ fn rig_with_lifetime(
         lw_events: Vec::new(),
         start: now.mono,
         bs_silent: false,
+        lw_silent: false,
         sent: [0; 2],
         pki,
         steps: 0,
@@ -206,6 +209,9 @@ impl Rig {
                     }
                 } else {
                     self.sent[1] += 1;
+                    if self.lw_silent {
+                        continue;
+                    }
                     for d in self.lw_side.inbound(self.now, from, &t.data) {
                         self.lw.handle_datagram(self.now, from, &d);
                     }
@@ -527,5 +533,61 @@ fn silent_bootstrap_server_gets_retries_with_growing_intervals() {
         "silent bootstrap server: {} attempts, {} datagrams in one day, gaps {gaps:?}",
         failures.len(),
         r.sent[0]
+    );
+}
+
+#[test]
+fn inconsistent_configuration_is_refused_at_finish_and_not_used() {
+    let mut r = rig(
+        Setup::PskToPsk,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    // A PSK account without its key: the client must answer Finish with 4.06.
+    let mut bad = ProvisionedAccount::nosec(&format!("coaps://{LW_ADDR}"), 7, 120);
+    bad.mode = SecurityMode::Psk;
+    bad.identity = EP.as_bytes().to_vec();
+    r.bs.provision(EP, Provisioning::accounts(&[bad]));
+    start(&mut r);
+    r.run_until(Duration::from_secs(600), |_| false);
+    let finish: Vec<&String> = r
+        .bs_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            BootstrapEvent::Step { op, code, .. } if op == "finish" => Some(code),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !finish.is_empty() && finish.iter().all(|c| *c == "4.06"),
+        "{finish:?}"
+    );
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 0);
+    assert!(!r.registered());
+    assert!(r.sent[1] == 0, "nothing sent to the management server");
+}
+
+#[test]
+fn unreachable_management_server_leads_back_to_bootstrap_with_bounded_traffic() {
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    r.lw_silent = true;
+    start(&mut r);
+    r.run_until(Duration::from_secs(86_400), |_| false);
+    let bootstraps = r.count(|e| *e == Event::BootstrapFinished);
+    assert!(bootstraps >= 2, "fell back to bootstrap: {bootstraps}");
+    // Bound: a round is one bootstrap (≤ 5 datagrams) and 5 failed Registers (≤ 5 datagrams
+    // each, the 5th failing ≥ 30+60+120+240 s of back-off + 5 × 2 s of first timeouts after
+    // the round began), and the k-th fall-back waits 60 s · 2^(k−1), capped at 1 h. Over a
+    // day that leaves at most 1 + 6 + (86400 − 3840) / (3600 + 460) rounds < 28; 28 × 30 =
+    // 840 datagrams.
+    let total = r.sent[0] + r.sent[1];
+    assert!(total <= 840, "{total} datagrams in a day");
+    eprintln!(
+        "unreachable management server: {bootstraps} bootstraps, {} + {} datagrams in a day",
+        r.sent[0], r.sent[1]
     );
 }

@@ -26,6 +26,10 @@ use crate::time::{Instant, Now, UtcTime};
 /// back to the Bootstrap-Server (LwM2M's Communication Retry Count default is 5; the
 /// registration back-off makes these ~15 minutes).
 pub(super) const BOOTSTRAP_FALLBACK_AFTER: u32 = 5;
+/// Wait before the first fall-back bootstrap; doubles with each one in a row.
+const FALLBACK_BASE: Duration = Duration::from_secs(60);
+/// Longest wait before a fall-back bootstrap.
+const FALLBACK_MAX: Duration = Duration::from_secs(3600);
 
 /// What the bootstrap connection is doing.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -58,6 +62,8 @@ pub(super) struct EstRuntime {
     pub(super) pending_key: Option<KeyPair>,
     /// Failed `/est/sren` attempts of the current schedule.
     pub(super) sren_failures: u32,
+    /// Fall-backs to bootstrap since the last successful registration: each waits longer.
+    pub(super) fallbacks: u32,
 }
 
 impl Client {
@@ -150,6 +156,16 @@ impl Client {
     /// Opens the Bootstrap-Server connection and starts a bootstrap: after the Client Hold
     /// Off Time, or at once when `immediately`. Management sessions are closed first.
     pub(super) fn begin_bootstrap(&mut self, now: Now, immediately: bool) -> Result<(), String> {
+        self.begin_bootstrap_after(now, immediately, Duration::ZERO)
+    }
+
+    /// As [`Client::begin_bootstrap`], waiting at least `at_least` before the request.
+    fn begin_bootstrap_after(
+        &mut self,
+        now: Now,
+        immediately: bool,
+        at_least: Duration,
+    ) -> Result<(), String> {
         let (_, sec) = self
             .bootstrap_account()
             .ok_or_else(|| "no Bootstrap-Server account".to_string())?;
@@ -167,7 +183,8 @@ impl Client {
             Duration::ZERO
         } else {
             Duration::from_secs(sec.client_holdoff_time.unwrap_or(0).clamp(0, 3600) as u64)
-        };
+        }
+        .max(at_least);
         let endpoint = self.new_endpoint();
         info!("bootstrap from {uri} in {}s", hold_off.as_secs());
         self.bootstrap = Some(BootstrapLink {
@@ -657,8 +674,15 @@ impl Client {
             .iter()
             .all(|s| s.failures() >= BOOTSTRAP_FALLBACK_AFTER)
         {
-            warn!("no management server reachable; falling back to bootstrap");
-            if let Err(e) = self.begin_bootstrap(now, false) {
+            // Each fall-back in a row waits longer (1 min doubling to 1 h), so a dead
+            // network never cycles bootstrap and registration quickly.
+            let wait = (FALLBACK_BASE * (1u32 << self.est.fallbacks.min(6))).min(FALLBACK_MAX);
+            self.est.fallbacks = self.est.fallbacks.saturating_add(1);
+            warn!(
+                "no management server reachable; bootstrapping again in {}s",
+                wait.as_secs()
+            );
+            if let Err(e) = self.begin_bootstrap_after(now, false, wait) {
                 warn!("cannot bootstrap: {e}");
             }
         }
