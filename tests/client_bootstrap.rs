@@ -77,6 +77,9 @@ struct Rig {
     lw_silent: bool,
     /// Datagrams the client sent, per connection kind (bootstrap, management).
     sent: [u64; 2],
+    /// Every datagram the client sent, when `capture` is on.
+    captured: Vec<Vec<u8>>,
+    capture: bool,
     pki: TestPki,
     steps: u64,
 }
@@ -172,6 +175,8 @@ fn rig_with_lifetime(
         bs_silent: false,
         lw_silent: false,
         sent: [0; 2],
+        captured: Vec::new(),
+        capture: false,
         pki,
         steps: 0,
     }
@@ -188,6 +193,9 @@ impl Rig {
             let mut moved = false;
             while let Some(t) = self.client.poll_transmit() {
                 moved = true;
+                if self.capture {
+                    self.captured.push(t.data.clone());
+                }
                 let from = client_addr(t.conn);
                 if t.conn == ConnectionId::BOOTSTRAP {
                     self.sent[0] += 1;
@@ -590,4 +598,86 @@ fn unreachable_management_server_leads_back_to_bootstrap_with_bounded_traffic() 
         "unreachable management server: {bootstraps} bootstraps, {} + {} datagrams in a day",
         r.sent[0], r.sent[1]
     );
+}
+
+#[test]
+fn a_year_of_30_day_certificates_renews_every_27_days_on_time() {
+    let mut r = rig_with_lifetime(
+        Setup::PskToEst,
+        Duration::from_secs(30 * 86_400),
+        ReenrollConfig::default(),
+        86_400,
+    );
+    r.capture = true;
+    start(&mut r);
+    r.run_until(Duration::from_secs(120), Rig::registered);
+    assert!(r.registered());
+    let mut keys = vec![r.client.est_state().key.clone().unwrap()];
+    let mut due = r.client.next_reenrollment().unwrap();
+    let mut late = Vec::new();
+    let mut renewals = 0;
+    // Step through the year one scheduled renewal at a time, checking that a working
+    // credential exists at every step and that each renewal happens on time.
+    while r.elapsed() < Duration::from_secs(365 * 86_400) {
+        let target = Duration::from_millis((due.unix_millis() - EPOCH.unix_millis()) as u64)
+            + Duration::from_secs(60);
+        let before = r.count(|e| {
+            matches!(
+                e,
+                Event::EstEnrolled {
+                    reenrollment: true,
+                    ..
+                }
+            )
+        });
+        r.run_until(target.min(Duration::from_secs(365 * 86_400)), |_| false);
+        let state = r.client.est_state();
+        assert!(state.certificate.as_ref().unwrap().is_valid_at(r.now.utc));
+        let after = r.count(|e| {
+            matches!(
+                e,
+                Event::EstEnrolled {
+                    reenrollment: true,
+                    ..
+                }
+            )
+        });
+        if after > before {
+            renewals += 1;
+            let at = state.provisioned_at.unwrap();
+            late.push(at.unix_millis() - due.unix_millis());
+            keys.push(state.key.clone().unwrap());
+            due = r.client.next_reenrollment().unwrap();
+        }
+    }
+    assert_eq!(renewals, 13, "renewals in a year");
+    assert!(
+        late.iter().all(|ms| (0..1000).contains(ms)),
+        "lateness (ms): {late:?}"
+    );
+    // No rekey by default: the same key throughout.
+    assert!(keys.windows(2).all(|w| w[0] == w[1]));
+    // No byte string of the private key ever appears in what the client sent.
+    let secret = keys[0].to_sec1_der();
+    let scalar = private_scalar(secret.expose());
+    for d in &r.captured {
+        assert!(
+            !d.windows(scalar.len()).any(|w| w == scalar),
+            "a datagram carries the private key"
+        );
+    }
+    eprintln!(
+        "one year of 30-day certificates: {renewals} renewals, lateness {late:?} ms, {} datagrams scanned",
+        r.captured.len()
+    );
+}
+
+/// The 32-byte private scalar inside a SEC1 `ECPrivateKey` (the OCTET STRING after the
+/// version INTEGER).
+fn private_scalar(sec1: &[u8]) -> Vec<u8> {
+    let pos = sec1
+        .windows(2)
+        .position(|w| w == [0x04, 0x20])
+        .expect("SEC1 private key octet string");
+    sec1[pos + 2..pos + 34].to_vec()
 }

@@ -167,6 +167,27 @@ mod tests {
     }
 
     #[test]
+    fn seed_example_numbers() {
+        // The CF-EST example's {0.8, 7 days}: a one-year certificate starts 7 days before
+        // expiry, a 120-second one at 96 s.
+        let cfg = ReenrollConfig {
+            nominal_usage: 0.8,
+            max_margin: Some(Duration::from_secs(7 * DAY as u64)),
+            ..ReenrollConfig::default()
+        };
+        assert_eq!(
+            schedule(at_days(0), at_days(365), &cfg).unwrap().start(),
+            at_days(358)
+        );
+        let p = UtcTime::from_unix_seconds(1_700_000_000);
+        let e = UtcTime::from_unix_seconds(1_700_000_120);
+        assert_eq!(
+            schedule(p, e, &cfg).unwrap().start(),
+            UtcTime::from_unix_seconds(1_700_000_096)
+        );
+    }
+
+    #[test]
     fn short_validity_of_two_minutes() {
         let p = UtcTime::from_unix_seconds(1_700_000_000);
         let e = UtcTime::from_unix_seconds(1_700_000_120);
