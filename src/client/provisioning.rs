@@ -245,7 +245,7 @@ impl Client {
             .attempt_after_failures(self.est.sren_failures)
     }
 
-    fn any_est_account(&self) -> usize {
+    fn est_account_count(&self) -> usize {
         self.dm
             .security
             .iter()
@@ -328,7 +328,7 @@ impl Client {
             }
             BootstrapEvent::Finished => {
                 self.events.push_back(Event::BootstrapFinished);
-                let est_accounts = self.any_est_account();
+                let est_accounts = self.est_account_count();
                 let policy = self.cfg.est_cacerts_policy;
                 if policy.requests_cacerts(est_accounts) {
                     self.start_est(now, Stage::CaCerts);
@@ -415,7 +415,7 @@ impl Client {
         match o {
             EstOutcome::CaCerts(certs) => {
                 self.est.state.cacerts = certs;
-                if self.any_est_account() > 0 {
+                if self.est_account_count() > 0 {
                     self.start_est(now, Stage::Enrolling);
                 } else {
                     self.provisioning_done(now);
@@ -647,7 +647,7 @@ impl Client {
                 .into_iter()
                 .chain(self.est.state.certificate.as_ref().map(|c| c.not_after()));
             at.min().map(|t| {
-                let ms = (t.unix_millis() - now.utc.unix_millis()).max(0) as u64;
+                let ms = t.unix_millis().saturating_sub(now.utc.unix_millis()).max(0) as u64;
                 now.mono + Duration::from_millis(ms)
             })
         } else {

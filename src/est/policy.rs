@@ -45,10 +45,14 @@ impl ReenrollConfig {
     }
 }
 
-/// The attempts of one re-enrollment: `attempts[0]` is the start, the rest are retries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The attempts of one re-enrollment: attempt 0 is the start, the rest are retries. Kept as
+/// start, step and count (no allocation: the client asks for it on every timer poll).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ReenrollSchedule {
-    pub attempts: Vec<UtcTime>,
+    start_ms: i64,
+    step_ms: i64,
+    /// Number of attempts (first + retries).
+    count: u32,
     /// The certificate's notAfter: past it the credential is unusable.
     pub expires: UtcTime,
 }
@@ -56,13 +60,21 @@ pub struct ReenrollSchedule {
 impl ReenrollSchedule {
     /// When re-enrollment starts.
     pub fn start(&self) -> UtcTime {
-        self.attempts[0]
+        UtcTime::from_unix_millis(self.start_ms)
     }
 
     /// When attempt number `failures` (0 = the first) is due, or `None` once every attempt
     /// has been used: then the client falls back to bootstrap.
     pub fn attempt_after_failures(&self, failures: u32) -> Option<UtcTime> {
-        self.attempts.get(failures as usize).copied()
+        (failures < self.count)
+            .then(|| UtcTime::from_unix_millis(self.start_ms + i64::from(failures) * self.step_ms))
+    }
+
+    /// Every attempt, in order.
+    pub fn attempts(&self) -> Vec<UtcTime> {
+        (0..self.count)
+            .filter_map(|k| self.attempt_after_failures(k))
+            .collect()
     }
 }
 
@@ -87,12 +99,10 @@ pub fn schedule(
     };
     let start = by_usage.max(by_margin).clamp(p, e);
     let n = i64::from(cfg.sren_attempts_count);
-    let step = (e - start) / (n + 1);
-    let attempts = (0..=n)
-        .map(|k| UtcTime::from_unix_millis(start + k * step))
-        .collect();
     Some(ReenrollSchedule {
-        attempts,
+        start_ms: start,
+        step_ms: (e - start) / (n + 1),
+        count: cfg.sren_attempts_count.saturating_add(1),
         expires: UtcTime::from_unix_millis(e),
     })
 }
@@ -111,11 +121,11 @@ mod tests {
     fn defaults_with_a_one_year_certificate_start_30_days_before_expiry() {
         let s = schedule(at_days(0), at_days(365), &ReenrollConfig::default()).unwrap();
         assert_eq!(s.start(), at_days(335));
-        assert_eq!(s.attempts.len(), 11);
+        assert_eq!(s.attempts().len(), 11);
         // Ten retries spread over the 30 days: every 30/11 days, the last before expiry.
-        let last = *s.attempts.last().unwrap();
+        let last = *s.attempts().last().unwrap();
         assert!(last < at_days(365) && last > at_days(362), "{last:?}");
-        assert!(s.attempts.windows(2).all(|w| w[0] < w[1]));
+        assert!(s.attempts().windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
@@ -199,12 +209,12 @@ mod tests {
         let s = schedule(p, e, &cfg).unwrap();
         // Margin of 30 days is before P: clamped, so usage decides: 60 s, then every 15 s.
         let secs: Vec<i64> = s
-            .attempts
+            .attempts()
             .iter()
             .map(|t| t.unix_seconds() - 1_700_000_000)
             .collect();
         assert_eq!(secs, vec![60, 75, 90, 105]);
-        assert_eq!(s.attempt_after_failures(3), Some(s.attempts[3]));
+        assert_eq!(s.attempt_after_failures(3), Some(s.attempts()[3]));
         assert_eq!(s.attempt_after_failures(4), None);
     }
 
@@ -218,7 +228,7 @@ mod tests {
         // notAfter before provisioning (a clock set wrong when it was issued): start at once.
         let s = schedule(at_days(5), at_days(1), &ReenrollConfig::default()).unwrap();
         assert_eq!(s.start(), at_days(5));
-        assert!(s.attempts.iter().all(|t| *t == at_days(5)));
+        assert!(s.attempts().iter().all(|t| *t == at_days(5)));
         // Extreme values do not overflow.
         let s = schedule(
             UtcTime::from_unix_millis(i64::MIN / 2),

@@ -231,6 +231,28 @@ impl estuary_server_instance_t {
     }
 }
 
+/// The body of the *_add_instance() exports: `insert` checks, converts and stores `instance`
+/// at the requested (or lowest free) ID; the ID used is written only on success.
+///
+/// # Safety
+/// Pointers NULL or valid, as the exports document.
+unsafe fn add_instance<C: Copy>(
+    estuary: *mut estuary_t,
+    instance: *const C,
+    inout_iid: *mut estuary_iid_t,
+    insert: impl FnOnce(&mut Inner, Option<u16>, C) -> Result<u16, Refusal>,
+) -> Result<c_int, Refusal> {
+    // SAFETY (all blocks): valid or NULL pointers per the C caller.
+    let instance = unsafe { arg_ref(instance, "instance") }?;
+    let iid_slot = unsafe { arg_mut(inout_iid, "inout_iid") }?;
+    unsafe {
+        with_estuary(estuary, |inner| {
+            *iid_slot = insert(inner, requested_iid(*iid_slot), *instance)?;
+            Ok(0)
+        })
+    }
+}
+
 /// Installs the Security object (/0), empty. Calling it again does nothing. Returns 0.
 #[no_mangle]
 pub unsafe extern "C" fn estuary_security_object_install(estuary: *mut estuary_t) -> c_int {
@@ -260,19 +282,14 @@ pub unsafe extern "C" fn estuary_security_object_add_instance(
     inout_iid: *mut estuary_iid_t,
 ) -> c_int {
     ffi_boundary!({
-        // SAFETY (all blocks): valid or NULL pointers per the C caller.
-        let instance = unsafe { arg_ref(instance, "instance") }?;
-        let iid_slot = unsafe { arg_mut(inout_iid, "inout_iid") }?;
+        // SAFETY: forwarded from the caller; covers the conversion in the closure.
         unsafe {
-            with_estuary(estuary, |inner| {
+            add_instance(estuary, instance, inout_iid, |inner, iid, c| {
                 check_changeable(inner, inner.security_installed, "security")?;
-                let inst = instance.to_instance()?;
-                let security = &mut inner.driver.client_mut().data_model_mut().security;
-                let iid = security
-                    .insert_at(requested_iid(*iid_slot), inst)
-                    .map_err(Error::from)?;
-                *iid_slot = iid;
-                Ok(0)
+                // The struct's pointers are valid or NULL per the C caller.
+                let inst = c.to_instance()?;
+                let objects = inner.driver.client_mut().data_model_mut();
+                Ok(objects.security.insert_at(iid, inst).map_err(Error::from)?)
             })
         }
     })
@@ -321,19 +338,14 @@ pub unsafe extern "C" fn estuary_server_object_add_instance(
     inout_iid: *mut estuary_iid_t,
 ) -> c_int {
     ffi_boundary!({
-        // SAFETY (all blocks): valid or NULL pointers per the C caller.
-        let instance = unsafe { arg_ref(instance, "instance") }?;
-        let iid_slot = unsafe { arg_mut(inout_iid, "inout_iid") }?;
+        // SAFETY: forwarded from the caller; covers the conversion in the closure.
         unsafe {
-            with_estuary(estuary, |inner| {
+            add_instance(estuary, instance, inout_iid, |inner, iid, c| {
                 check_changeable(inner, inner.server_installed, "server")?;
-                let inst = instance.to_instance()?;
-                let server = &mut inner.driver.client_mut().data_model_mut().server;
-                let iid = server
-                    .insert_at(requested_iid(*iid_slot), inst)
-                    .map_err(Error::from)?;
-                *iid_slot = iid;
-                Ok(0)
+                // The struct's pointers are valid or NULL per the C caller.
+                let inst = c.to_instance()?;
+                let objects = inner.driver.client_mut().data_model_mut();
+                Ok(objects.server.insert_at(iid, inst).map_err(Error::from)?)
             })
         }
     })
