@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# ctest: examples-c/03-est against estuary-testserver with 20-second EST certificates.
+#   run 1: no persistence file -> bootstrap (factory certificate) -> /est/crts -> /est/sen ->
+#          Register in mode 4 -> the server reads /3/0 -> /est/sren -> reconnect + Register
+#          -> SIGINT: persists, de-registers, exits 0 (the file is 0600)
+#   run 2: restores from the file and registers with its EST certificate: no new
+#          Bootstrap-Request and no new /est/sen in the events file -> SIGINT, exit 0
+# 127.0.0.1 only; every wait is bounded (about 25 s in all when things work, 90 s at most).
+#   est_example.sh SERVER_BIN EXAMPLE_BIN WORKDIR
+set -euo pipefail
+server_bin=$1 example_bin=$2 work=$3
+source "$(dirname "$0")/common.sh"
+
+deadline=$((SECONDS + 90))
+ep="ctest-est-$$"
+est_mode() { sed -i "s/^security_mode = .*/security_mode = \"est\"/" "$1"; }
+START_HOOK=est_mode
+# start_testserver runs "$bin run ..."; this adds the short certificate validity to it.
+testserver() {
+    if [ "$1" = run ]; then
+        shift
+        "$server_bin" run --cert-validity 20s "$@"
+    else
+        "$server_bin" "$@"
+    fi
+}
+start_testserver testserver "$work" "$ep"
+events="$WORK/events.jsonl"
+creds="$WORK/state/endpoints/$ep"
+persist_file="$WORK/$ep.persist"
+args=("$ep" -u "coaps://127.0.0.1:${BS_COAPS_PORT}" -c "$creds" -p "$persist_file")
+
+count() { # count EVENT [EXTRA_PATTERN]: events of this endpoint
+    { grep "\"event\":\"$1\"" "$events" 2>/dev/null || true; } | grep "\"ep\":\"$ep\"" \
+        | { grep -c -- "${2:-.}" || true; }
+}
+wait_count() { # wait_count EVENT MIN SECONDS [EXTRA_PATTERN]
+    local i
+    for i in $(seq 1 $(($3 * 10))); do
+        [ "$(count "$1" "${4:-.}")" -ge "$2" ] && { echo "event: ep=$ep $1 (#$2)"; return 0; }
+        [ "$SECONDS" -lt "$deadline" ] || fail "90 s bound reached waiting for $1"
+        sleep 0.1
+    done
+    fail "fewer than $2 '$1' events for $ep within $3 s"
+}
+stop_example() { # stop_example PID LOG: SIGINT, exit code 0 within 15 s
+    kill -INT "$1"
+    local rc=0
+    wait_pid "$1" 15 || rc=$?
+    [ "$rc" -eq 0 ] || fail "03-est exited with $rc after SIGINT (see $2)"
+}
+
+# ---- run 1: first boot
+[ ! -e "$persist_file" ] || fail "stale $persist_file"
+"$example_bin" "${args[@]}" > "$WORK/run1.log" 2>&1 &
+pid=$!
+PIDS+=("$pid")
+wait_count bootstrap_finished 1 30
+wait_count cacerts 1 20
+wait_count enrolled 1 20 '"reenroll":false'
+wait_count registered 1 20
+"$server_bin" client "$ep" --control "$CONTROL" > "$WORK/client1.json"
+grep -q '"security_mode":"est"' "$WORK/client1.json" \
+    || fail "not registered in mode 4: $(cat "$WORK/client1.json")"
+"$server_bin" read "$ep" /3/0 --format tlv --lines --control "$CONTROL" > "$WORK/read.txt" \
+    || fail "Read /3/0 failed"
+grep -q "Estuary Labs" "$WORK/read.txt" || fail "Read /3/0 gave: $(cat "$WORK/read.txt")"
+grep -q "03-est" "$WORK/read.txt" || fail "Read /3/0 has no model number: $(cat "$WORK/read.txt")"
+echo "read /3/0: $(tr '\n' ' ' < "$WORK/read.txt")"
+# 0.8 of a 20 s certificate: /est/sren about 16 s after enrollment, then a new session.
+wait_count enrolled 1 30 '"reenroll":true'
+wait_count registered 2 20
+grep -q "03-est: re-enrolled" "$WORK/run1.log" || fail "03-est did not report the re-enrollment"
+sleep 1.5 # one persistence tick after the new certificate
+stop_example "$pid" "$WORK/run1.log"
+wait_count deregistered 1 10
+[ -f "$persist_file" ] || fail "no persistence file after run 1"
+mode=$(stat -c %a "$persist_file")
+[ "$mode" = 600 ] || fail "persistence file has mode $mode, want 600"
+grep -q "persisted to" "$WORK/run1.log" || fail "03-est never said it persisted"
+
+# ---- run 2: restart from the persistence file
+bootstraps=$(count bootstrap_requested)
+enrollments=$(count enrolled '"reenroll":false')
+registrations=$(count registered)
+"$example_bin" "${args[@]}" > "$WORK/run2.log" 2>&1 &
+pid=$!
+PIDS+=("$pid")
+wait_count registered $((registrations + 1)) 20
+grep -q "03-est: restored" "$WORK/run2.log" || fail "03-est did not restore: $(head -n 20 "$WORK/run2.log")"
+[ "$(count bootstrap_requested)" -eq "$bootstraps" ] || fail "run 2 bootstrapped again"
+[ "$(count enrolled '"reenroll":false')" -eq "$enrollments" ] || fail "run 2 enrolled from scratch (/est/sen)"
+"$server_bin" client "$ep" --control "$CONTROL" > "$WORK/client2.json"
+grep -q '"security_mode":"est"' "$WORK/client2.json" \
+    || fail "run 2 not registered in mode 4: $(cat "$WORK/client2.json")"
+stop_example "$pid" "$WORK/run2.log"
+wait_count deregistered 2 10
+[ "$(count bootstrap_requested)" -eq 1 ] || fail "more than one Bootstrap-Request in all"
+echo "PASS: bootstrap, crts, sen, mode-4 Register, Read /3/0, sren + reconnect; restart from persistence registered without bootstrap (${SECONDS}s)"
