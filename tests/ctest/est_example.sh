@@ -70,8 +70,8 @@ echo "read /3/0: $(tr '\n' ' ' < "$WORK/read.txt")"
 # 0.8 of a 20 s certificate: /est/sren about 16 s after enrollment, then a new session.
 wait_count enrolled 1 30 '"reenroll":true'
 wait_count registered 2 20
+sleep 1.5 # one tick of the example's loop: it reports the new certificate and persists
 grep -q "03-est: re-enrolled" "$WORK/run1.log" || fail "03-est did not report the re-enrollment"
-sleep 1.5 # one persistence tick after the new certificate
 stop_example "$pid" "$WORK/run1.log"
 wait_count deregistered 1 10
 [ -f "$persist_file" ] || fail "no persistence file after run 1"
