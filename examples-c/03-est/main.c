@@ -341,10 +341,8 @@ static void report_certificate(estuary_t *e, char last_serial[64], bool restored
     char a[32], b[32], c[32];
     const char *what = last_serial[0] ? "re-enrolled" : restored ? "restored certificate"
                                                                  : "enrolled";
-    if (last_serial[0]) {
-        say("%s: serial %s -> %s", what, last_serial, st.serial);
-    }
-    say("%s: subject %s, serial %s, valid %s .. %s", what, st.subject, st.serial,
+    say("%s: subject %s, serial %s%s%s, valid %s .. %s", what, st.subject,
+        last_serial[0] ? last_serial : "", last_serial[0] ? " -> " : "", st.serial,
         utc(st.not_before, a), utc(st.not_after, b));
     if (st.reenrollment_scheduled) {
         say("next re-enrollment at %s (in %" PRId64 " s)", utc(st.next_reenrollment, c),
