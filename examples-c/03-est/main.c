@@ -91,6 +91,22 @@ static const char *utc(int64_t t, char buf[32]) {
     return buf;
 }
 
+/* A span of seconds for people: "16 s", "5 min 3 s", "2 h 5 min", "24 d 3 h". */
+static const char *span(int64_t s, char buf[32]) {
+    const char *sign = s < 0 ? "-" : "";
+    int64_t a = s < 0 ? -s : s;
+    if (a < 60) {
+        snprintf(buf, 32, "%s%" PRId64 " s", sign, a);
+    } else if (a < 3600) {
+        snprintf(buf, 32, "%s%" PRId64 " min %" PRId64 " s", sign, a / 60, a % 60);
+    } else if (a < 86400) {
+        snprintf(buf, 32, "%s%" PRId64 " h %" PRId64 " min", sign, a / 3600, a % 3600 / 60);
+    } else {
+        snprintf(buf, 32, "%s%" PRId64 " d %" PRId64 " h", sign, a / 86400, a % 86400 / 3600);
+    }
+    return buf;
+}
+
 /* ---------------------------------------------------------------- signals */
 
 static void on_stop_signal(int sig) {
@@ -283,7 +299,8 @@ static int persist(estuary_t *e, persistence_t *p, const char *force) {
     }
     if (!estuary_est_state_is_ready_for_persistence(e)) {
         if (!p->waiting_logged) {
-            say("EST exchange in flight: %s stays as it is until it ends", p->path);
+            say("bootstrap or EST exchange in flight: %s stays as it is until it ends",
+                p->path);
             p->waiting_logged = true;
         }
         return 1;
@@ -338,15 +355,15 @@ static void report_certificate(estuary_t *e, char last_serial[64], bool restored
             || strcmp(st.serial, last_serial) == 0) {
         return;
     }
-    char a[32], b[32], c[32];
+    char a[32], b[32], c[32], d[32];
     const char *what = last_serial[0] ? "re-enrolled" : restored ? "restored certificate"
                                                                  : "enrolled";
     say("%s: subject %s, serial %s%s%s, valid %s .. %s", what, st.subject,
         last_serial[0] ? last_serial : "", last_serial[0] ? " -> " : "", st.serial,
         utc(st.not_before, a), utc(st.not_after, b));
     if (st.reenrollment_scheduled) {
-        say("next re-enrollment at %s (in %" PRId64 " s)", utc(st.next_reenrollment, c),
-            st.next_reenrollment - (int64_t) time(NULL));
+        say("next re-enrollment at %s (in %s)", utc(st.next_reenrollment, c),
+            span(st.next_reenrollment - (int64_t) time(NULL), d));
     } else {
         say("no re-enrollment scheduled");
     }
@@ -508,6 +525,9 @@ int main(int argc, char **argv) {
             say("event loop failed: %s", estuary_error_name(rc));
             goto finish;
         }
+        if (g_stop || g_reboot) {
+            break;
+        }
         report_certificate(estuary, serial, restored);
         const bool due = persistence.last_saved
                          && time(NULL) - persistence.last_saved >= PERSIST_PERIOD_S;
@@ -518,19 +538,21 @@ int main(int argc, char **argv) {
 
     say(g_reboot ? "reboot requested: persisting, de-registering, exiting"
                  : "stop requested: persisting, de-registering, exiting");
-    /* An EST exchange in flight cannot be persisted; give it a few seconds to end. */
-    for (int ticks = 0; persist(estuary, &persistence, "exit") == 1
-                        && ticks < EXIT_GRACE_S * 1000 / TICK_MS;
-         ticks++) {
+    /* An exchange in flight cannot be persisted; give it a few seconds to end. */
+    int saved = persist(estuary, &persistence, "exit");
+    for (int ticks = 0; saved == 1 && ticks < EXIT_GRACE_S * 1000 / TICK_MS; ticks++) {
         if (estuary_event_loop_run(estuary,
                                    estuary_time_duration_from_scalar(1, ESTUARY_TIME_S))) {
             break;
         }
+        saved = persist(estuary, &persistence, "exit");
     }
-    if (persistence.waiting_logged) {
-        say("EST still in flight: %s keeps the state from before it", persistence_path);
+    if (saved == 1) {
+        say("still in flight after %d s: %s keeps the state from before it", EXIT_GRACE_S,
+            persistence_path);
     }
-    result = 0;
+    /* A stop asked for is a success, unless the state could not be written at all. */
+    result = saved < 0 ? 1 : 0;
 
 finish:
     set_tick(0);

@@ -5,6 +5,8 @@
 #          -> SIGINT: persists, de-registers, exits 0 (the file is 0600)
 #   run 2: restores from the file and registers with its EST certificate: no new
 #          Bootstrap-Request and no new /est/sen in the events file -> SIGINT, exit 0
+#   run 3: one byte of the file flipped: the restore is refused, the file set aside
+#          (.rejected), and the device bootstraps again -> SIGINT, exit 0
 # 127.0.0.1 only; every wait is bounded (about 25 s in all when things work, 90 s at most).
 #   est_example.sh SERVER_BIN EXAMPLE_BIN WORKDIR
 set -euo pipefail
@@ -115,4 +117,21 @@ grep -q '"security_mode":"est"' "$WORK/client2.json" \
 stop_example "$pid" "$WORK/run2.log"
 wait_count deregistered 2 10
 [ "$(count bootstrap_requested)" -eq 1 ] || fail "more than one Bootstrap-Request in all"
-echo "PASS: bootstrap, crts, sen, mode-4 Register, Read /3/0, sren + reconnect; restart from persistence registered without bootstrap (${SECONDS}s)"
+
+# ---- run 3: a damaged persistence file is refused whole, set aside, and the device
+# bootstraps again from its factory credentials
+cp "$persist_file" "$WORK/intact.persist"
+offset=$(($(stat -c %s "$persist_file") / 2))
+byte=$(od -An -tu1 -j "$offset" -N1 "$persist_file" | tr -d ' ')
+printf "\\x$(printf %02x $((byte ^ 0xff)))" | dd of="$persist_file" bs=1 seek="$offset" conv=notrunc status=none
+cmp -s "$persist_file" "$WORK/intact.persist" && fail "the byte at $offset did not change"
+registrations=$(count registered)
+run_example "$example_bin" "${args[@]}" > "$WORK/run3.log" 2>&1 &
+pid=$!
+PIDS+=("$pid")
+wait_count bootstrap_requested 2 20
+wait_count registered $((registrations + 1)) 20
+grep -q "03-est: cannot restore" "$WORK/run3.log" || fail "run 3 did not report the damaged file"
+[ -f "$persist_file.rejected" ] || fail "the damaged file was not set aside"
+stop_example "$pid" "$WORK/run3.log"
+echo "PASS: bootstrap, crts, sen, mode-4 Register, Read /3/0, sren + reconnect; restart from persistence registered without bootstrap; a damaged file made it bootstrap again (${SECONDS}s)"
