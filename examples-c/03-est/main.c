@@ -282,12 +282,13 @@ done:
 typedef struct {
     const char *path;
     time_t last_saved;     /* 0: never written by this process */
-    bool waiting_logged;   /* "EST in flight" said once per wait, not every tick */
+    bool waiting_logged;   /* "in flight" said once per wait, not every tick */
 } persistence_t;
 
 /* Writes every part (Security, Server, attribute storage, EST state) to the file when
- * something changed (or, whatever changed, when `force` gives a reason), unless an EST exchange is in flight: the EST state then
- * cannot be written, so the file is left as it was and the next tick tries again.
+ * something changed, or whatever changed when `force` names a reason ("exit", "periodic");
+ * but not while a bootstrap or EST exchange is in flight: the EST state cannot be written
+ * then, so the file keeps the previous state and the next tick tries again.
  * Returns 0 when the file is up to date, 1 when it is not (yet), -1 on an error. */
 static int persist(estuary_t *e, persistence_t *p, const char *force) {
     const bool security = estuary_security_object_is_modified(e);
@@ -348,16 +349,28 @@ static int restore(estuary_t *e, const char *path) {
 /* ---------------------------------------------------------------- EST status */
 
 /* Prints the certificate when it is new to this process: after restore, enrollment and
- * each re-enrollment. `last_serial` remembers the one printed last. */
-static void report_certificate(estuary_t *e, char last_serial[64], bool restored) {
+ * each re-enrollment. `last_serial` remembers the one printed last; it is forgotten when
+ * the credential is purged (fall-back to bootstrap), so the next one counts as enrolled. */
+static void report_certificate(estuary_t *e, char last_serial[64], bool *restored) {
     estuary_est_status_t st;
-    if (estuary_est_status_get(e, &st) || !st.enrolled
-            || strcmp(st.serial, last_serial) == 0) {
+    if (estuary_est_status_get(e, &st)) {
+        return;
+    }
+    if (!st.enrolled) {
+        if (last_serial[0]) {
+            say("EST certificate %s purged", last_serial);
+            last_serial[0] = '\0';
+        }
+        return;
+    }
+    if (strcmp(st.serial, last_serial) == 0) {
         return;
     }
     char a[32], b[32], c[32], d[32];
-    const char *what = last_serial[0] ? "re-enrolled" : restored ? "restored certificate"
-                                                                 : "enrolled";
+    const char *what = last_serial[0] ? "re-enrolled"
+                       : *restored    ? "restored certificate"
+                                      : "enrolled";
+    *restored = false; /* only the first certificate comes from the file */
     say("%s: subject %s, serial %s%s%s, valid %s .. %s", what, st.subject,
         last_serial[0] ? last_serial : "", last_serial[0] ? " -> " : "", st.serial,
         utc(st.not_before, a), utc(st.not_after, b));
@@ -438,6 +451,12 @@ int main(int argc, char **argv) {
     factory_creds_t creds;
     memset(&creds, 0, sizeof(creds));
     int result = 1;
+    /* From here on a SIGINT/SIGTERM ends the program cleanly, also during start-up: it is
+     * noted in g_stop and the loop below then never runs. */
+    if (install_handlers() || set_tick(TICK_MS)) {
+        say("could not set up signals and the tick: %s", strerror(errno));
+        goto free_args;
+    }
     if (!creds_dir || !persistence_path || factory_creds_load(creds_dir, &creds)) {
         goto free_args;
     }
@@ -511,12 +530,8 @@ int main(int argc, char **argv) {
     }
 
     char serial[64] = "";
-    report_certificate(estuary, serial, restored);
-
-    if (install_handlers() || set_tick(TICK_MS)) {
-        say("could not set up signals and the tick: %s", strerror(errno));
-        goto finish;
-    }
+    bool from_file = restored;
+    report_certificate(estuary, serial, &from_file);
 
     while (!g_stop && !g_reboot) {
         int rc = estuary_event_loop_run(estuary,
@@ -528,7 +543,7 @@ int main(int argc, char **argv) {
         if (g_stop || g_reboot) {
             break;
         }
-        report_certificate(estuary, serial, restored);
+        report_certificate(estuary, serial, &from_file);
         const bool due = persistence.last_saved
                          && time(NULL) - persistence.last_saved >= PERSIST_PERIOD_S;
         if (persist(estuary, &persistence, due ? "periodic" : NULL) < 0) {
@@ -565,6 +580,7 @@ finish:
 free_creds:
     factory_creds_free(&creds);
 free_args:
+    set_tick(0);
     free(default_creds);
     free(default_persistence);
     return result;

@@ -20,18 +20,42 @@ declare -F run_example > /dev/null || run_example() { exec "$@"; }
 SLOWDOWN=${SLOWDOWN:-1}
 deadline=$((SECONDS + 90 * SLOWDOWN))
 ep="ctest-est-$$"
-est_mode() { sed -i "s/^security_mode = .*/security_mode = \"est\"/" "$1"; }
-START_HOOK=est_mode
-# start_testserver runs "$bin run ..."; this adds the short certificate validity to it.
-testserver() {
-    if [ "$1" = run ]; then
-        shift
-        "$server_bin" run --cert-validity 20s "$@"
-    else
-        "$server_bin" "$@"
-    fi
+
+# start_est_server BIN WORKDIR ENDPOINT: a fresh state directory whose endpoint gets a
+# management account in mode 4, every port chosen by the OS (port 0, read back from the
+# server's "listening" line, so parallel tests never race for a port), and the server
+# running with 20-second EST certificates. Sets WORK, BS_COAPS_PORT, COAPS_PORT, CONTROL.
+start_est_server() {
+    local bin=$1 ep=$3 i line=""
+    WORK=$2
+    rm -rf "$WORK"
+    mkdir -p "$WORK"
+    "$bin" init --dir "$WORK/state" --endpoint "$ep" > "$WORK/init.log"
+    sed -i -e 's/^\(lwm2m_coaps\?\|bootstrap_coaps\?\|control\) = .*/\1 = 0/' \
+        -e 's/^security_mode = .*/security_mode = "est"/' "$WORK/state/config.toml"
+    "$bin" run --dir "$WORK/state" --events "$WORK/events.jsonl" --cert-validity 20s \
+        > "$WORK/server.log" 2>&1 &
+    local server_pid=$!
+    PIDS+=("$server_pid")
+    for i in $(seq 1 $((100 * ${SLOWDOWN:-1}))); do
+        line=$(grep -m1 '^listening ' "$WORK/server.log" 2>/dev/null || true)
+        [ -n "$line" ] && break
+        kill -0 "$server_pid" 2>/dev/null || fail "the test server exited"
+        sleep 0.1
+    done
+    [ -n "$line" ] || fail "the test server did not come up"
+    BS_COAPS_PORT=$(sed -n 's/.* bootstrap_coaps=coaps:\/\/[^ ]*:\([0-9]*\).*/\1/p' <<< "$line")
+    COAPS_PORT=$(sed -n 's/.* coaps=coaps:\/\/[^ ]*:\([0-9]*\).*/\1/p' <<< "$line")
+    CONTROL=$(sed -n 's/.* control=http:\/\/\([^ ]*\).*/\1/p' <<< "$line")
+    [ -n "$BS_COAPS_PORT" ] && [ -n "$COAPS_PORT" ] && [ -n "$CONTROL" ] \
+        || fail "unexpected listening line: $line"
+    for i in $(seq 1 50); do
+        "$bin" clients --control "$CONTROL" > /dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    fail "the control API at $CONTROL does not answer"
 }
-start_testserver testserver "$work" "$ep"
+start_est_server "$server_bin" "$work" "$ep"
 events="$WORK/events.jsonl"
 creds="$WORK/state/endpoints/$ep"
 persist_file="$WORK/$ep.persist"
