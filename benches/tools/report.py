@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """scripts/bench's analysis steps, each printing JSON (or, for `table`, the Markdown result).
 
-  report.py size --lib LIB --example NAME=UNSTRIPPED=STRIPPED... [--abort NAME=STRIPPED...]
+  report.py size --lib LIB --strip-dir DIR --bin EXAMPLE:VARIANT=UNSTRIPPED...
   report.py callgrind --dir DIR --reads N
   report.py massif --reads N --massif NAME=FILE...
   report.py table --dir build/bench --seconds S
@@ -138,29 +138,36 @@ def sections(binary):
     return dict(groups)
 
 
+VARIANTS = {
+    "small": "default link",
+    "small-gc": "-Wl,--gc-sections",
+    "abort": "panic=abort",
+    "abort-gc": "panic=abort, -Wl,--gc-sections",
+}
+
+
 def cmd_size(a):
     c_syms = c_objects_symbols(a.lib)
-    abort = dict(x.split("=", 1) for x in a.abort or [])
+    os.makedirs(a.strip_dir, exist_ok=True)
     result = {}
-    for spec in a.example:
-        name, unstripped, stripped = spec.split("=")
+    for spec in a.bin:
+        key, path = spec.split("=", 1)
+        name, variant = key.split(":")
+        stripped = os.path.join(a.strip_dir, f"{name}.{variant}")
+        run("strip", "-o", stripped, path)
         text, data, bss = map(int, run("size", stripped).splitlines()[1].split()[:3])
-        groups, crates = attribute(unstripped, c_syms)
         entry = {
             "stripped_bytes": os.path.getsize(stripped),
             "text": text,
             "data": data,
             "bss": bss,
-            "groups": dict(groups.most_common()),
-            "crates": dict(crates.most_common(12)),
+            "sections": sections(stripped),
         }
-        if name in abort:
-            entry["abort_stripped_bytes"] = os.path.getsize(abort[name])
-            t2, d2, _ = map(int, run("size", abort[name]).splitlines()[1].split()[:3])
-            entry["abort_text"] = t2
-            entry["abort_data"] = d2
-        entry["sections"] = sections(stripped)
-        result[name] = entry
+        if not variant.startswith("abort"):
+            groups, crates = attribute(path, c_syms)
+            entry["groups"] = dict(groups.most_common())
+            entry["crates"] = dict(crates.most_common(12))
+        result.setdefault(name, {})[variant] = entry
     json.dump(result, sys.stdout, indent=1)
 
 
@@ -329,23 +336,40 @@ def cmd_table(a):
     L.append(f"Machine: {machine()}.\n")
 
     L.append("## Size (stripped, release-small: opt-level z, LTO, 1 CGU; C code -Os)\n")
-    L.append("| example | file | text | data | bss | panic=abort file | saved |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
-    for name, e in size.items():
-        ab = e.get("abort_stripped_bytes")
-        L.append(f"| {name} | {num(e['stripped_bytes'])} B | {num(e['text'])} | {num(e['data'])} | {num(e['bss'])} | "
-                 + (f"{num(ab)} B | {num(e['stripped_bytes'] - ab)} B ({100 * (e['stripped_bytes'] - ab) / e['stripped_bytes']:.1f} %) |" if ab else "— | — |"))
-    for name, e in size.items():
-        L.append(f"\nAttribution of `{name}` (symbol sizes from `nm -S`; the rest is ELF headers, "
-                 f"unwind tables, relocations and padding):\n")
-        L.append("| part | bytes | share of file |")
-        L.append("|---|---:|---:|")
-        total = e["stripped_bytes"]
-        for g, b in e["groups"].items():
-            L.append(f"| {g} | {num(b)} | {100 * b / total:.1f} % |")
-        rest = total - sum(e["groups"].values())
-        L.append(f"| not in symbols (.eh_frame, .rela.dyn, headers, ...) | {num(rest)} | {100 * rest / total:.1f} % |")
-        L.append("\nLargest crates: " + ", ".join(f"{c} {kib(b)}" for c, b in e["crates"].items()) + ".")
+    L.append("| example | link | file | text | data | bss | with panic=abort | saved by abort |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, vs in size.items():
+        for v, ab in (("small", "abort"), ("small-gc", "abort-gc")):
+            if v not in vs:
+                continue
+            e = vs[v]
+            a_ = vs.get(ab)
+            saved = (f"{num(a_['stripped_bytes'])} B | {num(e['stripped_bytes'] - a_['stripped_bytes'])} B "
+                     f"({100 * (e['stripped_bytes'] - a_['stripped_bytes']) / e['stripped_bytes']:.1f} %)") if a_ else "— | —"
+            L.append(f"| {name} | {VARIANTS[v]} | {num(e['stripped_bytes'])} B | {num(e['text'])} | {num(e['data'])} | "
+                     f"{num(e['bss'])} | {saved} |")
+    for name, vs in size.items():
+        cols = [v for v in ("small", "small-gc") if v in vs]
+        L.append(f"\nAttribution of `{name}` (bytes; symbol sizes from `nm -S`, sections from `readelf -S`):\n")
+        L.append("| part | " + " | ".join(VARIANTS[c] for c in cols) + " |")
+        L.append("|---|" + "---:|" * len(cols))
+        groups = []
+        for c in cols:
+            for g in vs[c]["groups"]:
+                if g not in groups:
+                    groups.append(g)
+        for g in groups:
+            L.append(f"| {g} | " + " | ".join(
+                f"{num(vs[c]['groups'].get(g, 0))} ({100 * vs[c]['groups'].get(g, 0) / vs[c]['stripped_bytes']:.0f} %)"
+                for c in cols) + " |")
+        L.append("| not in symbols (unwind tables, relocations, string literals, headers) | " + " | ".join(
+            num(vs[c]["stripped_bytes"] - sum(vs[c]["groups"].values())) for c in cols) + " |")
+        L.append("| *of which: unwind tables (.eh_frame, .eh_frame_hdr, .gcc_except_table)* | " + " | ".join(
+            num(vs[c]["sections"].get("unwind tables (.eh_frame, .eh_frame_hdr, .gcc_except_table)", 0)) for c in cols) + " |")
+        L.append("| *of which: relocations (PIE)* | " + " | ".join(
+            num(vs[c]["sections"].get("relocations (.rela.*, PIE)", 0)) for c in cols) + " |")
+        for c in cols:
+            L.append(f"\nLargest crates ({VARIANTS[c]}): " + ", ".join(f"{k} {kib(b)}" for k, b in vs[c]["crates"].items()) + ".")
 
     f = flow["flow"]
     s = flow["steady"]
@@ -435,8 +459,8 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("size")
     s.add_argument("--lib", required=True)
-    s.add_argument("--example", action="append", required=True)
-    s.add_argument("--abort", action="append")
+    s.add_argument("--strip-dir", required=True)
+    s.add_argument("--bin", action="append", required=True)
     c = sub.add_parser("callgrind")
     c.add_argument("--dir", required=True)
     c.add_argument("--reads", type=int, required=True)
