@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use estuary::coap::{self, content_format, MessageClass, Packet};
+use estuary::coap::{self, content_format, MessageClass, MessageType, Packet};
 use estuary::crypto::{parse_certs_only, Certificate};
 use estuary::dm::Path;
 use estuary::{Client, ConnectionId, Event, Instant, Now, Transmit};
@@ -165,7 +165,8 @@ pub struct Driver {
     /// message on their link to say which exchange they served.
     pending: HashMap<Link, Traffic>,
     registrations: u64,
-    /// Answer `/est/crts` with these certificates instead of the EST CA's own (a chain).
+    /// Answer `/est/crts` with these certificates instead of the EST CA's own (a chain; see
+    /// `cacerts_answer`).
     pub cacerts_override: Option<Vec<Certificate>>,
 }
 
@@ -183,6 +184,10 @@ fn is_empty(p: &Packet) -> bool {
 
 /// DER bytes of the certificates an EST response carries (the part that must be carried).
 fn est_payload_lower_bound(p: &Packet) -> u64 {
+    if coap::uint_option(p, coap::CoapOption::Block2).is_some() {
+        // One block of a bundle: the driver charges the whole bundle's certificates once.
+        return 0;
+    }
     match coap::content_format_of(p) {
         Some(content_format::PKCS7_CERTS_ONLY) => parse_certs_only(&p.payload)
             .map(|cs| cs.iter().map(|c| c.der().len() as u64).sum())
@@ -345,24 +350,40 @@ impl Driver {
         phase
     }
 
-    /// Puts a chain in place of the EST CA's `/est/crts` answer.
-    fn rewrite_cacerts(&self, link: Link, data: Vec<u8>) -> Vec<u8> {
-        let Some(chain) = &self.cacerts_override else {
-            return data;
-        };
-        let Some(mut p) = parse(&data) else {
-            return data;
-        };
-        if link != Link::Bootstrap
-            || is_request(&p)
-            || coap::content_format_of(&p) != Some(content_format::PKCS7_CERTS_ONLY)
-            || self.tokens.get(&(link, p.get_token().to_vec())) != Some(&Phase::EstEnroll)
-            || parse_certs_only(&p.payload).map_or(true, |c| c.len() != 1)
-        {
-            return data;
+    /// The `/est/crts` answer with a chain of CA certificates, when the benchmark asks for
+    /// one: the test server's EST CA serves only its own certificate, so the driver answers
+    /// instead, block-wise (RFC 7959 Block2, 512-byte blocks) as a chain longer than a
+    /// datagram needs. `None` when the request is not ours to answer.
+    fn cacerts_answer(&self, link: Link, req: &Packet) -> Option<Vec<u8>> {
+        let chain = self.cacerts_override.as_ref()?;
+        let path = coap::uri_path(req).unwrap_or_default();
+        if link != Link::Bootstrap || !is_request(req) || path != ["est", "crts"] {
+            return None;
         }
-        p.payload = estuary::crypto::build_certs_only(chain);
-        p.to_bytes().unwrap_or(data)
+        let bundle = estuary::crypto::build_certs_only(chain);
+        let (num, szx) = match coap::uint_option(req, coap::CoapOption::Block2) {
+            Some(v) => ((v >> 4) as usize, (v & 7).min(5)),
+            None => (0, 5),
+        };
+        let size = 1usize << (szx + 4);
+        let start = (num * size).min(bundle.len());
+        let end = (start + size).min(bundle.len());
+        let more = end < bundle.len();
+        let mut p = coap::new_response(coap::code::CONTENT);
+        p.header.set_type(MessageType::Acknowledgement);
+        p.header.message_id = req.header.message_id;
+        p.set_token(req.get_token().to_vec());
+        coap::set_content_format(&mut p, content_format::PKCS7_CERTS_ONLY);
+        coap::set_uint_option(
+            &mut p,
+            coap::CoapOption::Block2,
+            ((num as u32) << 4) | (u32::from(more) << 3) | szx,
+        );
+        if num == 0 {
+            coap::set_uint_option(&mut p, coap::CoapOption::Size2, bundle.len() as u32);
+        }
+        p.payload = bundle[start..end].to_vec();
+        p.to_bytes().ok()
     }
 
     fn drain_events(&mut self) {
@@ -425,6 +446,25 @@ impl Driver {
                 self.account(link, Dir::Up, t.data.len(), phase);
                 drop(t);
                 for d in plains {
+                    if let Some(answer) = parse(&d).and_then(|p| self.cacerts_answer(link, &p)) {
+                        let phase = parse(&answer).map(|p| self.classify_down(link, &p));
+                        if parse(&d).is_some_and(|p| {
+                            coap::uint_option(&p, coap::CoapOption::Block2).unwrap_or(0) >> 4 == 0
+                        }) {
+                            let der: usize = self
+                                .cacerts_override
+                                .iter()
+                                .flatten()
+                                .map(|c| c.der().len())
+                                .sum();
+                            self.charge(Phase::EstEnroll, der as u64, false);
+                        }
+                        if let Some(l) = self.r.bs_side.listener.as_mut() {
+                            l.send(now, from, &answer);
+                        }
+                        self.deliver_down(link, phase);
+                        continue;
+                    }
                     match link {
                         Link::Bootstrap => {
                             if let Some(auth) = self
@@ -446,7 +486,6 @@ impl Driver {
             }
             while let Some((peer, d)) = self.r.bs.poll_transmit() {
                 moved = true;
-                let d = self.rewrite_cacerts(Link::Bootstrap, d);
                 let phase = parse(&d).map(|p| self.classify_down(Link::Bootstrap, &p));
                 let now = self.r.now;
                 if let Some(l) = self.r.bs_side.listener.as_mut() {

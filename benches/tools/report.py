@@ -435,7 +435,8 @@ def cmd_table(a):
     cg = {(1, 1): base and median([r["flow"]["total"] for r in base]),
           (10, 1): runs.get("instances10", {}).get("flow", {}).get("total"),
           (100, 1): runs.get("instances100", {}).get("flow", {}).get("total"),
-          (1, 2): runs.get("chain2", {}).get("flow", {}).get("total")}
+          (1, 2): runs.get("chain2", {}).get("flow", {}).get("total"),
+          (1, 3): runs.get("chain3", {}).get("flow", {}).get("total")}
     notes = []
     for g in flow["growth"]:
         label_i = str(g["instances"]) + (f" (datagrams ≤ {g['out_buffer']} B)" if g.get("out_buffer") else "")
