@@ -675,6 +675,8 @@ impl Client {
     /// Answers a request from a management server out of the data model, and tells every
     /// server's observations what it changed.
     fn handle_request(&mut self, now: Now, ssid: u16, req: &InboundRequest) -> coap::Packet {
+        let has_bootstrap = self.has_bootstrap_account();
+        self.dm.server.set_bootstrap_account_present(has_bootstrap);
         let dm = &mut self.dm;
         let state = self
             .server_dm
@@ -757,8 +759,20 @@ impl Client {
         }
     }
 
-    /// Registration Update Triggers and Disables executed on the Server object.
+    /// Registration Update Triggers, Disables and Bootstrap-Request Triggers executed on
+    /// the Server object.
     fn apply_server_actions(&mut self, now: Now) {
+        let bootstrap_triggers = self.dm.server.take_bootstrap_triggers();
+        if let Some(ssid) = bootstrap_triggers.first() {
+            info!("ssid={ssid} executed the Bootstrap-Request Trigger; bootstrapping");
+            // The Execute's 2.04 is queued on the session about to be closed: send it first.
+            self.flush_and_close_management_channels(now);
+            match self.begin_bootstrap(now, true) {
+                Ok(()) => self.drive_bootstrap(now),
+                Err(e) => warn!("Bootstrap-Request Trigger: cannot bootstrap: {e}"),
+            }
+            return;
+        }
         for ssid in self.dm.server.take_update_triggers() {
             if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
                 s.request_update();
@@ -767,6 +781,24 @@ impl Client {
         for (ssid, timeout) in self.dm.server.take_disable_requests() {
             if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
                 s.disable(now.mono, timeout);
+            }
+        }
+    }
+
+    /// Moves what the management sessions have queued (responses) through their channels
+    /// into `pending_raw`, followed by each DTLS session's close_notify, so it still goes
+    /// out when the sessions are dropped.
+    fn flush_and_close_management_channels(&mut self, now: Now) {
+        for i in 0..self.sessions.len() {
+            let conn = Self::conn_of(self.sessions[i].ssid);
+            while let Some(coap) = self.sessions[i].endpoint.poll_transmit() {
+                self.channels[i].send(now, coap);
+            }
+            if self.channels[i].is_secure() && self.channels[i].is_established() {
+                self.channels[i].close(now);
+            }
+            while let Some(d) = self.channels[i].poll_transmit() {
+                self.pending_raw.push_back((conn, d));
             }
         }
     }

@@ -348,3 +348,163 @@ fn private_scalar(sec1: &[u8]) -> Vec<u8> {
         .expect("SEC1 private key octet string");
     sec1[pos + 2..pos + 34].to_vec()
 }
+
+/// The answer code of the management server's operation `op`.
+fn op_code(r: &Rig, op: estuary_testserver::lwm2m_server::OpId) -> Option<String> {
+    r.lw_events.iter().find_map(|(_, e)| match e {
+        ServerEvent::OpFinished {
+            op: o,
+            result: Ok(res),
+            ..
+        } if *o == op => Some(res.code.clone()),
+        _ => None,
+    })
+}
+
+fn execute(r: &mut Rig, path: &str) -> estuary_testserver::lwm2m_server::OpId {
+    use estuary_testserver::lwm2m_server::{OpMethod, OpRequest};
+    let req = OpRequest {
+        method: OpMethod::Post,
+        ..OpRequest::get(path)
+    };
+    let op = r.lw.request(r.now, EP, req).unwrap();
+    r.pump();
+    op
+}
+
+fn registrations(r: &Rig) -> Vec<Duration> {
+    r.lw_events
+        .iter()
+        .filter(|(_, e)| matches!(e, ServerEvent::Registered { .. }))
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+fn bootstrap_requests(r: &Rig) -> usize {
+    r.bs_events
+        .iter()
+        .filter(|(_, e)| matches!(e, BootstrapEvent::Requested { .. }))
+        .count()
+}
+
+#[test]
+fn bootstrap_request_trigger_bootstraps_again_and_registers_with_the_new_configuration() {
+    for setup in [Setup::NoSecToNoSec, Setup::PskToPsk] {
+        let mut r = rig(setup, Duration::from_secs(3600), ReenrollConfig::default());
+        start(&mut r);
+        r.run_until(Duration::from_secs(60), Rig::registered);
+        assert!(r.registered(), "{setup:?}: {:?}", r.events);
+        assert_eq!(bootstrap_requests(&r), 1);
+        // The second provisioning gives a different lifetime, so "registers again with what
+        // it was given" is visible in the new Register.
+        r.bs.provision(
+            EP,
+            Provisioning::accounts(&[{
+                let mut a = ProvisionedAccount::nosec(
+                    &format!(
+                        "{}://{LW_ADDR}",
+                        if setup == Setup::NoSecToNoSec {
+                            "coap"
+                        } else {
+                            "coaps"
+                        }
+                    ),
+                    7,
+                    300,
+                );
+                if setup == Setup::PskToPsk {
+                    a.mode = SecurityMode::Psk;
+                    a.identity = EP.as_bytes().to_vec();
+                    a.secret_key = PSK_KEY.to_vec();
+                }
+                a
+            }]),
+        );
+        let op = execute(&mut r, "/1/0/9");
+        let t0 = r.elapsed();
+        let until = t0 + Duration::from_secs(60);
+        r.run_until(until, |r| registrations(r).len() >= 2);
+        assert_eq!(op_code(&r, op).as_deref(), Some("2.04"), "{setup:?}");
+        assert_eq!(bootstrap_requests(&r), 2, "{setup:?}: {:?}", r.bs_events);
+        assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 2);
+        let regs: Vec<u32> = r
+            .lw_events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                ServerEvent::Registered { lifetime, .. } => Some(*lifetime),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(regs, vec![120, 300], "{setup:?}");
+        assert_eq!(
+            r.client.data_model().server.by_ssid(7).map(|s| s.lifetime),
+            Some(300)
+        );
+        // The Bootstrap-Request followed the 2.04 at once (no hold-off: the trigger asks
+        // for it now), and the new registration came within a few round trips.
+        let second_request = r
+            .bs_events
+            .iter()
+            .filter(|(_, e)| matches!(e, BootstrapEvent::Requested { .. }))
+            .nth(1)
+            .map(|(t, _)| *t)
+            .unwrap();
+        assert!(second_request - t0 < Duration::from_secs(1), "{setup:?}");
+        assert!(r.client.is_registered());
+    }
+}
+
+#[test]
+fn bootstrap_request_trigger_without_a_bootstrap_account_is_refused_and_changes_nothing() {
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    // A factory-configured client: one management account, no Bootstrap-Server account.
+    let mut client = Client::new(ClientConfig::new(EP), Box::new(SeededRng::new(3))).unwrap();
+    let dm = client.data_model_mut();
+    dm.security
+        .insert(1, SecurityInstance::nosec(&format!("coap://{LW_ADDR}"), 7))
+        .unwrap();
+    dm.server
+        .insert(0, estuary::dm::objects::ServerInstance::new(7, 120))
+        .unwrap();
+    r.client = client;
+    start(&mut r);
+    r.run_until(Duration::from_secs(60), Rig::registered);
+    assert!(r.registered());
+    let before = format!(
+        "{:?} {:?}",
+        r.client.data_model().security.iter().collect::<Vec<_>>(),
+        r.client.data_model().server.iter().collect::<Vec<_>>()
+    );
+    let events_before = r.events.len();
+    let sent_before = r.sent;
+    let op = execute(&mut r, "/1/0/9");
+    r.run_until(r.elapsed() + Duration::from_secs(30), |_| false);
+    // 4.05: the request is well-formed and the resource exists, but the operation is not
+    // available on a device without a bootstrap account (4.00 would blame the request).
+    assert_eq!(op_code(&r, op).as_deref(), Some("4.05"));
+    let after = format!(
+        "{:?} {:?}",
+        r.client.data_model().security.iter().collect::<Vec<_>>(),
+        r.client.data_model().server.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        r.events.len(),
+        events_before,
+        "{:?}",
+        &r.events[events_before..]
+    );
+    assert_eq!(
+        r.sent[0], sent_before[0],
+        "nothing sent to a Bootstrap-Server"
+    );
+    // Only the 4.05 went out to the management server.
+    assert_eq!(r.sent[1], sent_before[1] + 1);
+    assert_eq!(bootstrap_requests(&r), 0);
+    assert_eq!(registrations(&r).len(), 1);
+    assert!(r.client.is_registered());
+}

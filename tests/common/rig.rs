@@ -335,4 +335,3 @@ impl Rig {
 pub fn start(r: &mut Rig) {
     r.client.start(r.now).unwrap();
 }
-

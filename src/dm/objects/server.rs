@@ -1,7 +1,8 @@
 //! The Server object (/1): per-server registration parameters (lifetime, binding, default
-//! observation periods), and the Disable and Registration Update Trigger executables, which
-//! the client picks up with [`ServerObject::take_disable_requests`] and
-//! [`ServerObject::take_update_triggers`].
+//! observation periods), and the Disable, Registration Update Trigger and Bootstrap-Request
+//! Trigger executables, which the client picks up with
+//! [`ServerObject::take_disable_requests`], [`ServerObject::take_update_triggers`] and
+//! [`ServerObject::take_bootstrap_triggers`].
 
 use std::collections::BTreeMap;
 
@@ -114,6 +115,7 @@ const RESOURCES: &[ResourceDef] = &[
     ResourceDef::single(6, K::Boolean, Op::ReadWrite),
     ResourceDef::single(7, K::String, Op::ReadWrite),
     ResourceDef::executable(8),
+    ResourceDef::executable(9),
 ];
 
 /// The Server object.
@@ -121,6 +123,11 @@ const RESOURCES: &[ResourceDef] = &[
 pub struct ServerObject {
     instances: BTreeMap<u16, ServerInstance>,
     update_triggers: Vec<u16>,
+    /// SSIDs of servers that executed the Bootstrap-Request Trigger (/1/x/9).
+    bootstrap_triggers: Vec<u16>,
+    /// Whether the client has a Bootstrap-Server account, so /1/x/9 can be honoured (the
+    /// client keeps this up to date; the Security object is not visible from here).
+    bootstrap_account_present: bool,
     /// (SSID, disable timeout in seconds) of executed Disables not yet acted on.
     disable_requests: Vec<(u16, u32)>,
 }
@@ -202,6 +209,18 @@ impl ServerObject {
         core::mem::take(&mut self.update_triggers)
     }
 
+    /// SSIDs whose Bootstrap-Request Trigger was executed since the last call.
+    pub fn take_bootstrap_triggers(&mut self) -> Vec<u16> {
+        core::mem::take(&mut self.bootstrap_triggers)
+    }
+
+    /// Tells the object whether a Bootstrap-Server account exists: without one, executing
+    /// /1/x/9 is refused with 4.05 (the request is well-formed, but the operation is not
+    /// available on this device as configured) and nothing happens.
+    pub fn set_bootstrap_account_present(&mut self, present: bool) {
+        self.bootstrap_account_present = present;
+    }
+
     /// Disables executed since the last call: (SSID, seconds to stay deregistered).
     pub fn take_disable_requests(&mut self) -> Vec<(u16, u32)> {
         core::mem::take(&mut self.disable_requests)
@@ -260,7 +279,7 @@ impl Object for ServerObject {
             (7, Value::String(b)) if !b.is_empty() && b.chars().all(|c| "UTSNQ".contains(c)) => {
                 inst.binding = b.clone()
             }
-            (0 | 4 | 8, _) => return Err(DmError::MethodNotAllowed),
+            (0 | 4 | 8 | 9, _) => return Err(DmError::MethodNotAllowed),
             (1 | 6 | 7, _) => return Err(DmError::BadRequest),
             _ => return Err(DmError::NotFound),
         }
@@ -291,6 +310,14 @@ impl Object for ServerObject {
             }
             8 => {
                 self.update_triggers.push(ssid);
+                Ok(())
+            }
+            9 if !self.bootstrap_account_present => {
+                log::warn!("ssid={ssid}: Bootstrap-Request Trigger without a bootstrap account");
+                Err(DmError::MethodNotAllowed)
+            }
+            9 => {
+                self.bootstrap_triggers.push(ssid);
                 Ok(())
             }
             _ => Err(DmError::MethodNotAllowed),
