@@ -18,7 +18,7 @@ use crate::dm::{link, DataModel, Object, Path};
 use crate::dtls::HandshakeTimers;
 use crate::error::Error;
 use crate::est::{CacertsPolicy, ReenrollConfig};
-use crate::lwm2m::registration::{RegistrationParams, SessionEvent};
+use crate::lwm2m::registration::{RegistrationParams, RetryPolicy, SessionEvent};
 use crate::lwm2m::server_dm::ServerDm;
 use crate::lwm2m::transport::{ChannelEvent, SecureChannel};
 use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
@@ -602,6 +602,9 @@ impl Client {
         for i in 0..self.sessions.len() {
             let ssid = self.sessions[i].ssid;
             let params = self.registration_params(ssid, &links);
+            if let Some(srv) = self.dm.server.by_ssid(ssid) {
+                self.sessions[i].set_retry_policy(RetryPolicy::from_server(srv));
+            }
             if !self.shutting_down {
                 if let Some(params) = &params {
                     self.sessions[i].on_timeout(now.mono, params);

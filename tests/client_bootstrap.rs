@@ -255,12 +255,13 @@ fn unreachable_management_server_leads_back_to_bootstrap_with_bounded_traffic() 
     let bootstraps = r.count(|e| *e == Event::BootstrapFinished);
     assert!(bootstraps >= 2, "fell back to bootstrap: {bootstraps}");
     // Bound: a round is one bootstrap (≤ 5 datagrams) and 5 failed Registers (≤ 5 datagrams
-    // each, the 5th failing ≥ 30+60+120+240 s of back-off + 5 × 2 s of first timeouts after
-    // the round began), and the k-th fall-back waits 60 s · 2^(k−1), capped at 1 h. Over a
-    // day that leaves at most 1 + 6 + (86400 − 3840) / (3600 + 460) rounds < 28; 28 × 30 =
-    // 840 datagrams.
+    // each; with the default retry resources each fails ≥ 62 s after it began and they are
+    // 60 + 120 + 240 + 480 s apart, so a round lasts ≥ 1210 s), and the k-th fall-back
+    // waits 60 s · 2^(k−1), capped at 1 h. The first 7 rounds take ≥ 7 × 1210 + 3780 s;
+    // over a day that leaves at most 7 + (86400 − 12250) / (1210 + 3600) < 23 rounds; 23 ×
+    // 30 = 690 datagrams.
     let total = r.sent[0] + r.sent[1];
-    assert!(total <= 840, "{total} datagrams in a day");
+    assert!(total <= 690, "{total} datagrams in a day");
     eprintln!(
         "unreachable management server: {bootstraps} bootstraps, {} + {} datagrams in a day",
         r.sent[0], r.sent[1]
@@ -507,4 +508,224 @@ fn bootstrap_request_trigger_without_a_bootstrap_account_is_refused_and_changes_
     assert_eq!(bootstrap_requests(&r), 0);
     assert_eq!(registrations(&r).len(), 1);
     assert!(r.client.is_registered());
+}
+
+/// Replaces the rig's client by one with the same bootstrap account whose CoAP timeouts have
+/// no random spread (ACK_RANDOM_FACTOR 1): a Register to a silent server then fails exactly
+/// 2 + 4 + 8 + 16 + 32 = 62 s after it was first sent, so retry times are exact.
+fn deterministic_client(r: &mut Rig) {
+    let mut cfg = ClientConfig::new(EP);
+    cfg.udp_tx_params = TxParams {
+        ack_random_factor: 1.0,
+        ..TxParams::default()
+    };
+    let mut c = Client::new(cfg, Box::new(SeededRng::new(3))).unwrap();
+    let accounts: Vec<(u16, SecurityInstance)> = r
+        .client
+        .data_model()
+        .security
+        .iter()
+        .map(|(i, s)| (i, s.clone()))
+        .collect();
+    for (i, s) in accounts {
+        c.data_model_mut().security.insert(i, s).unwrap();
+    }
+    r.client = c;
+}
+
+/// Time from a Register's first transmission to its failure when nothing answers.
+const EXCHANGE_FAILS_AFTER: u64 = 62;
+
+/// The retry resources as the test configures them (seconds and counts).
+#[derive(Clone, Copy)]
+struct Retry {
+    count: u64,
+    timer: u64,
+    sequences: u64,
+    sequence_delay: u64,
+    bootstrap_on_failure: bool,
+}
+
+/// When each Register fails (seconds from the start) if the management server never
+/// answers and bootstrap itself takes no time: the specification's schedule, written out
+/// independently of the client. After the last sequence the client either falls back to
+/// bootstrap (waiting 60 s doubling to 1 h per fall-back in a row) or starts the next
+/// sequence after the sequence delay.
+fn expected_failures(p: Retry, until: u64) -> (Vec<u64>, usize) {
+    let mut out = Vec::new();
+    let mut bootstraps = 1;
+    let mut fallbacks = 0u32;
+    let mut start = 0u64;
+    loop {
+        for seq in 0..p.sequences {
+            for a in 0..p.count {
+                let failed = start + EXCHANGE_FAILS_AFTER;
+                if failed > until {
+                    return (out, bootstraps);
+                }
+                out.push(failed);
+                let wait = if a + 1 < p.count {
+                    p.timer << a
+                } else if seq + 1 < p.sequences || !p.bootstrap_on_failure {
+                    p.sequence_delay
+                } else {
+                    let w = (60u64 << fallbacks.min(6)).min(3600);
+                    fallbacks += 1;
+                    if failed + w <= until {
+                        bootstraps += 1;
+                    }
+                    w
+                };
+                start = failed + wait;
+            }
+        }
+    }
+}
+
+fn failure_times(r: &Rig) -> Vec<u64> {
+    r.events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::RegistrationFailed { .. }))
+        .map(|(t, _)| {
+            assert_eq!(t.subsec_millis(), 0, "failure at {t:?}");
+            t.as_secs()
+        })
+        .collect()
+}
+
+/// Bootstrap-Server provisioning of the NoSec account with extra Server resources.
+fn provision_with_server_resources(r: &mut Rig, extra: &[(u16, estuary::dm::Value)]) {
+    use estuary::dm::tlv::{self, Tlv, TlvType};
+    use estuary_testserver::bootstrap_server::BootstrapOp;
+    let a = ProvisionedAccount::nosec(&format!("coap://{LW_ADDR}"), 7, 120);
+    let mut p = Provisioning::accounts(&[a]);
+    let extra: Vec<Tlv> = extra
+        .iter()
+        .map(|(rid, v)| Tlv::value(TlvType::Resource, *rid, v))
+        .collect();
+    for op in &mut p.ops {
+        if let BootstrapOp::Write { path, payload, .. } = op {
+            if path == "/1/0" {
+                payload.extend(tlv::encode(&extra));
+            }
+        }
+    }
+    r.bs.provision(EP, p);
+}
+
+fn run_silent_day(r: &mut Rig) {
+    deterministic_client(r);
+    r.lw_silent = true;
+    start(r);
+    r.run_until(Duration::from_secs(86_400), |_| false);
+}
+
+#[test]
+fn default_retry_resources_give_the_specified_schedule_over_a_day() {
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    run_silent_day(&mut r);
+    // LwM2M 1.1 defaults: 5 attempts, 60 s doubling, 1 sequence, then bootstrap.
+    let spec = Retry {
+        count: 5,
+        timer: 60,
+        sequences: 1,
+        sequence_delay: 86_400,
+        bootstrap_on_failure: true,
+    };
+    let (expected, bootstraps) = expected_failures(spec, 86_400);
+    assert_eq!(failure_times(&r), expected);
+    assert_eq!(&expected[..6], &[62, 184, 366, 668, 1210, 1332]);
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), bootstraps);
+    // The bound: each failed Register is 5 datagrams (1 + MAX_RETRANSMIT), each bootstrap
+    // 5 (Request and 4 answers); at most one Register is cut off by the end of the day.
+    let registers = expected.len() as u64;
+    assert!(r.sent[1] <= 5 * (registers + 1), "{}", r.sent[1]);
+    assert!(r.sent[0] <= 5 * bootstraps as u64, "{}", r.sent[0]);
+    assert!(r.sent[0] + r.sent[1] <= 700);
+    eprintln!(
+        "defaults, silent management server, one day: {registers} failed Registers, \
+         {bootstraps} bootstraps, {} + {} datagrams",
+        r.sent[0], r.sent[1]
+    );
+}
+
+#[test]
+fn configured_retry_resources_give_their_schedule_over_a_day() {
+    use estuary::dm::Value;
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    provision_with_server_resources(
+        &mut r,
+        &[
+            (17, Value::Unsigned(2)),
+            (18, Value::Unsigned(10)),
+            (19, Value::Unsigned(60)),
+            (20, Value::Unsigned(2)),
+        ],
+    );
+    run_silent_day(&mut r);
+    let srv = r.client.data_model().server.by_ssid(7).unwrap().clone();
+    assert_eq!(srv.communication_retry_count, Some(2));
+    assert_eq!(srv.communication_sequence_retry_count, Some(2));
+    let p = Retry {
+        count: 2,
+        timer: 10,
+        sequences: 2,
+        sequence_delay: 60,
+        bootstrap_on_failure: true,
+    };
+    let (expected, bootstraps) = expected_failures(p, 86_400);
+    // Attempt, +10 s, attempt; 60 s; attempt, +10 s, attempt; fall back after 60 s.
+    assert_eq!(&expected[..5], &[62, 134, 256, 328, 450]);
+    assert_eq!(failure_times(&r), expected);
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), bootstraps);
+    let registers = expected.len() as u64;
+    assert!(r.sent[1] <= 5 * (registers + 1), "{}", r.sent[1]);
+    assert!(r.sent[0] + r.sent[1] <= 1600);
+    eprintln!(
+        "2 retries / 10 s / 2 sequences / 60 s, one day: {registers} failed Registers, \
+         {bootstraps} bootstraps, {} + {} datagrams",
+        r.sent[0], r.sent[1]
+    );
+}
+
+#[test]
+fn without_bootstrap_on_registration_failure_sequences_continue_and_no_bootstrap_follows() {
+    use estuary::dm::Value;
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    provision_with_server_resources(
+        &mut r,
+        &[
+            (16, Value::Boolean(false)),
+            (17, Value::Unsigned(3)),
+            (18, Value::Unsigned(30)),
+            (19, Value::Unsigned(3600)),
+        ],
+    );
+    run_silent_day(&mut r);
+    let p = Retry {
+        count: 3,
+        timer: 30,
+        sequences: 1,
+        sequence_delay: 3600,
+        bootstrap_on_failure: false,
+    };
+    let (expected, bootstraps) = expected_failures(p, 86_400);
+    assert_eq!(bootstraps, 1);
+    assert_eq!(failure_times(&r), expected);
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 1);
+    // 3 Registers per hour and a bit: 24 sequences at most.
+    assert!(expected.len() <= 3 * 24, "{}", expected.len());
+    assert!(r.sent[1] <= 5 * (expected.len() as u64 + 1));
 }

@@ -22,10 +22,6 @@ use crate::lwm2m::transport::{ChannelSecurity, SecureChannel};
 use crate::lwm2m::ServerUri;
 use crate::time::{Instant, Now, UtcTime};
 
-/// Consecutive failed registration attempts on every server after which the client goes
-/// back to the Bootstrap-Server (LwM2M's Communication Retry Count default is 5; the
-/// registration back-off makes these ~15 minutes).
-pub(super) const BOOTSTRAP_FALLBACK_AFTER: u32 = 5;
 /// Wait before the first fall-back bootstrap; doubles with each one in a row.
 const FALLBACK_BASE: Duration = Duration::from_secs(60);
 /// Longest wait before a fall-back bootstrap.
@@ -656,8 +652,8 @@ impl Client {
         [link, sren].into_iter().flatten().min()
     }
 
-    /// Registration has failed on every server `BOOTSTRAP_FALLBACK_AFTER` times in a row:
-    /// go back to the Bootstrap-Server, if there is one.
+    /// Registration has failed on every server (the Server object's retry resources,
+    /// `RetryPolicy`): go back to the Bootstrap-Server, if there is one.
     pub(super) fn check_bootstrap_fallback(&mut self, now: Now) {
         if self.shutting_down
             || self.sessions.is_empty()
@@ -669,10 +665,12 @@ impl Client {
         {
             return;
         }
+        // Every server's registration failed (all its communication sequences, /1/x/17..20)
+        // and each allows bootstrap on registration failure (/1/x/16).
         if self
             .sessions
             .iter()
-            .all(|s| s.failures() >= BOOTSTRAP_FALLBACK_AFTER)
+            .all(|s| s.registration_failed() && s.retry_policy().bootstrap_on_failure)
         {
             // Each fall-back in a row waits longer (1 min doubling to 1 h), so a dead
             // network never cycles bootstrap and registration quickly.
