@@ -729,3 +729,56 @@ fn without_bootstrap_on_registration_failure_sequences_continue_and_no_bootstrap
     assert!(expected.len() <= 3 * 24, "{}", expected.len());
     assert!(r.sent[1] <= 5 * (expected.len() as u64 + 1));
 }
+
+#[test]
+fn certificate_bootstrap_then_certificate_register() {
+    use estuary_testserver::est_server::PeerAuth;
+    let mut r = rig(
+        Setup::CertToCert,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    let serial = |i: &Option<Issued>| i.as_ref().unwrap().cert.serial_hex();
+    let (factory, management) = (serial(&r.factory_cert), serial(&r.management_cert));
+    assert_ne!(factory, management);
+    // Who the DTLS listeners saw, checked while each session is up.
+    let mut bs_peer = None;
+    let mut lw_peer = None;
+    start(&mut r);
+    while r.elapsed() < Duration::from_secs(60) && !r.registered() {
+        let next = r.elapsed() + Duration::from_millis(100);
+        r.run_until(next, |_| false);
+        let from_bs = client_addr(ConnectionId::BOOTSTRAP);
+        if let Some(PeerAuth::Certificate(c)) = r
+            .bs_side
+            .listener
+            .as_ref()
+            .and_then(|l| l.est_peer_auth(from_bs))
+        {
+            bs_peer.get_or_insert(c.serial_hex());
+        }
+        if let Some(PeerAuth::Certificate(c)) = r
+            .lw_side
+            .listener
+            .as_ref()
+            .and_then(|l| l.est_peer_auth(client_addr(ConnectionId(7))))
+        {
+            lw_peer.get_or_insert(c.serial_hex());
+        }
+    }
+    assert!(r.registered(), "events: {:?}", r.events);
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 1);
+    // The bootstrap connection authenticated with the factory certificate, the management
+    // connection with the certificate the Bootstrap-Server wrote.
+    assert_eq!(bs_peer.as_deref(), Some(factory.as_str()));
+    assert_eq!(lw_peer.as_deref(), Some(management.as_str()));
+    let dm = r.client.data_model();
+    let (_, acc) = dm
+        .security
+        .management_accounts()
+        .find(|(_, s)| s.ssid == Some(7))
+        .unwrap();
+    assert_eq!(acc.security_mode, SecurityMode::Certificate);
+    assert!(r.count(|e| matches!(e, Event::SecureConnectionEstablished { ssid: 7, .. })) == 1);
+    assert_eq!(r.count(|e| matches!(e, Event::EstEnrolled { .. })), 0);
+}

@@ -20,7 +20,7 @@ pub use estuary_testserver::bootstrap_server::{
 pub use estuary_testserver::coaps::{SecureListener, SecureListenerConfig};
 pub use estuary_testserver::est_server::{EstCa, EstEvent};
 pub use estuary_testserver::lwm2m_server::{Lwm2mServer, ServerEvent};
-pub use estuary_testserver::pki::TestPki;
+pub use estuary_testserver::pki::{Issued, TestPki};
 
 pub const EP: &str = "dev1";
 pub const BS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5694);
@@ -41,6 +41,10 @@ pub enum Setup {
     NoSecToNoSec,
     PskToPsk,
     PskToEst,
+    /// Certificate mode (2) both ways: the bootstrap account holds a factory certificate
+    /// from the test PKI, and the Bootstrap-Server writes a mode-2 account with another
+    /// certificate for the management server.
+    CertToCert,
 }
 
 pub struct Side {
@@ -78,6 +82,10 @@ pub struct Rig {
     pub capture: bool,
     pub pki: TestPki,
     pub steps: u64,
+    /// `Setup::CertToCert`: the factory certificate of the bootstrap account, and the one
+    /// the Bootstrap-Server writes for the management account.
+    pub factory_cert: Option<Issued>,
+    pub management_cert: Option<Issued>,
 }
 
 pub const EPOCH: UtcTime = UtcTime::from_unix_seconds(1_767_225_600);
@@ -133,7 +141,24 @@ pub fn rig_with_lifetime(
             account.mode = SecurityMode::CertificateWithEst;
             account.server_public_key = pki.server_cert.der().to_vec();
         }
+        Setup::CertToCert => {}
     }
+    // Certificates of Setup::CertToCert, from their own generator so the other setups'
+    // randomness stays as it was.
+    let (factory_cert, management_cert) = if setup == Setup::CertToCert {
+        let mut crng = Drbg::from_seed(78);
+        let from = UtcTime::from_unix_seconds(EPOCH.unix_seconds() - 86_400);
+        let to = UtcTime::from_unix_seconds(EPOCH.unix_seconds() + 5 * 365 * 86_400);
+        let factory = pki.issue_client(EP, from, to, &mut crng).unwrap();
+        let management = pki.issue_client(EP, from, to, &mut crng).unwrap();
+        account.mode = SecurityMode::Certificate;
+        account.identity = management.cert.der().to_vec();
+        account.secret_key = management.key.to_der().expose().to_vec();
+        account.server_public_key = pki.server_cert.der().to_vec();
+        (Some(factory), Some(management))
+    } else {
+        (None, None)
+    };
     let mut bs = BootstrapServer::new(TxParams::default(), 5);
     bs.provision(EP, Provisioning::accounts(&[account]));
     let issuer =
@@ -155,6 +180,12 @@ pub fn rig_with_lifetime(
         b.public_cert_or_psk_identity = EP.as_bytes().to_vec();
         b.private_cert_or_psk_key = PSK_KEY.to_vec();
     }
+    if let Some(f) = &factory_cert {
+        b.security_mode = SecurityMode::Certificate;
+        b.public_cert_or_psk_identity = f.cert.der().to_vec();
+        b.private_cert_or_psk_key = f.key.to_der().expose().to_vec();
+        b.server_public_key = pki.server_cert.der().to_vec();
+    }
     client.data_model_mut().security.insert(0, b).unwrap();
     let lw = Lwm2mServer::new(TxParams::default(), 6);
     Rig {
@@ -175,6 +206,8 @@ pub fn rig_with_lifetime(
         capture: false,
         pki,
         steps: 0,
+        factory_cert,
+        management_cert,
     }
 }
 
