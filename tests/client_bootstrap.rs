@@ -2,7 +2,9 @@
 //! EST CA and LwM2M server, on a virtual clock: bootstrap then register (NoSec, PSK, EST
 //! mode 4 with enrollment), an inconsistent configuration refused at Finish, a silent
 //! Bootstrap-Server, re-enrollment over many certificate lifetimes, and fall-back to
-//! bootstrap when the management server refuses every Register.
+//! bootstrap when the management server refuses every Register; server-initiated bootstrap
+//! (/1/x/9); the Server object's retry resources over a simulated day; Certificate mode;
+//! Bootstrap-Discover, -Read and -Delete, and bad writes, through the test server.
 
 mod common;
 
@@ -781,4 +783,231 @@ fn certificate_bootstrap_then_certificate_register() {
     assert_eq!(acc.security_mode, SecurityMode::Certificate);
     assert!(r.count(|e| matches!(e, Event::SecureConnectionEstablished { ssid: 7, .. })) == 1);
     assert_eq!(r.count(|e| matches!(e, Event::EstEnrolled { .. })), 0);
+}
+
+/// The steps the Bootstrap-Server saw after `skip` of them: (operation, code, payload).
+fn steps_after(r: &Rig, skip: usize) -> Vec<(String, String, Vec<u8>)> {
+    r.bs_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            BootstrapEvent::Step {
+                op, code, payload, ..
+            } => Some((op.clone(), code.clone(), payload.clone())),
+            _ => None,
+        })
+        .skip(skip)
+        .collect()
+}
+
+fn step_count(r: &Rig) -> usize {
+    steps_after(r, 0).len()
+}
+
+#[test]
+fn bootstrap_discover_read_and_delete_through_the_test_server() {
+    use estuary::dm::tlv::{self, TlvType};
+    use estuary::dm::Value;
+    use estuary_testserver::bootstrap_server::BootstrapOp;
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    start(&mut r);
+    r.run_until(Duration::from_secs(60), Rig::registered);
+    assert!(r.registered());
+    // The second bootstrap looks before it deletes, and again after.
+    let account = ProvisionedAccount::nosec(&format!("coap://{LW_ADDR}"), 7, 120);
+    let mut ops = vec![
+        BootstrapOp::Discover("/".into()),
+        BootstrapOp::Read("/1".into()),
+        BootstrapOp::Delete("/".into()),
+        BootstrapOp::Discover("/".into()),
+    ];
+    ops.extend(Provisioning::accounts(&[account]).ops.into_iter().skip(1));
+    r.bs.provision(EP, Provisioning { ops });
+    let skip = step_count(&r);
+    execute(&mut r, "/1/0/9");
+    let until = r.elapsed() + Duration::from_secs(60);
+    r.run_until(until, |r| registrations(r).len() >= 2);
+    assert_eq!(registrations(&r).len(), 2);
+    let steps = steps_after(&r, skip);
+    let summary: Vec<String> = steps.iter().map(|(o, c, _)| format!("{o} {c}")).collect();
+    assert_eq!(
+        summary,
+        [
+            "discover / 2.05",
+            "read /1 2.05",
+            "delete / 2.02",
+            "discover / 2.05",
+            "write /0/1 2.04",
+            "write /1/0 2.04",
+            "finish 2.04"
+        ]
+    );
+    // Bootstrap-Discover (LwM2M 1.1 TS §5.2.7.3): the enabler version on "/", `ssid` and
+    // `uri` on Security instances (none on the bootstrap account), `ssid` on Server
+    // instances, `ver` on objects whose version is not 1.0.
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    assert_eq!(
+        text(&steps[0].2),
+        format!(
+            "</>;lwm2m=1.1,</0/0>;uri=\"coap://{BS_ADDR}\",\
+             </0/1>;ssid=7;uri=\"coap://{LW_ADDR}\",</1>;ver=1.1,</1/0>;ssid=7,</3/0>"
+        )
+    );
+    // Bootstrap-Read of /1 (TLV): instance 0 with its SSID, lifetime, notification storing
+    // and binding; nothing else is set.
+    let read = tlv::decode(&steps[1].2).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!((read[0].ty, read[0].id), (TlvType::ObjectInstance, 0));
+    let tlv::TlvBody::Children(children) = &read[0].body else {
+        panic!("instance TLV without resources: {read:?}");
+    };
+    let res: Vec<(u16, Value)> = children
+        .iter()
+        .map(|t| {
+            let kind = estuary::dm::objects::ServerObject::resource_kind(t.id).unwrap();
+            let tlv::TlvBody::Value(b) = &t.body else {
+                panic!("nested resource {t:?}");
+            };
+            (t.id, tlv::decode_value(kind, b).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        res,
+        vec![
+            (0, Value::Integer(7)),
+            (1, Value::Integer(120)),
+            (6, Value::Boolean(false)),
+            (7, Value::String("U".into())),
+        ]
+    );
+    // Bootstrap-Delete of "/" kept the bootstrap account and /3/0, and nothing else.
+    assert_eq!(
+        text(&steps[3].2),
+        format!("</>;lwm2m=1.1,</0/0>;uri=\"coap://{BS_ADDR}\",</1>;ver=1.1,</3/0>")
+    );
+}
+
+/// The client's configuration as it would be persisted, plus every field of the two
+/// objects (some are not persisted yet).
+fn configuration(r: &Rig) -> (Vec<u8>, Vec<u8>, String) {
+    use estuary::persist::objects::{security_persist, server_persist};
+    let dm = r.client.data_model();
+    (
+        security_persist(&dm.security).unwrap(),
+        server_persist(&dm.server).unwrap(),
+        format!(
+            "{:?} {:?}",
+            dm.security.iter().collect::<Vec<_>>(),
+            dm.server.iter().collect::<Vec<_>>()
+        ),
+    )
+}
+
+#[test]
+fn bad_bootstrap_writes_through_the_test_server_get_4xx_and_change_nothing() {
+    use estuary::coap::content_format as cf;
+    use estuary::dm::tlv::{self, Tlv, TlvType};
+    use estuary::dm::Value;
+    use estuary_testserver::bootstrap_server::BootstrapOp;
+    let mut r = rig(
+        Setup::NoSecToNoSec,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    start(&mut r);
+    r.run_until(Duration::from_secs(60), Rig::registered);
+    assert!(r.registered());
+    let before = configuration(&r);
+    let good = ProvisionedAccount::nosec(&format!("coap://{LW_ADDR}"), 7, 120);
+    let res = |rid, v: Value| Tlv::value(TlvType::Resource, rid, &v);
+    let write = |path: &str, content_format, payload: Vec<u8>| BootstrapOp::Write {
+        path: path.into(),
+        content_format,
+        payload,
+    };
+    let cases: Vec<(&str, BootstrapOp, &str)> = vec![
+        (
+            "lifetime as text that is not a number",
+            write("/1/0/1", cf::TEXT_PLAIN, b"soon".to_vec()),
+            "4.00",
+        ),
+        (
+            "binding as an integer",
+            write(
+                "/1/0",
+                cf::LWM2M_TLV,
+                tlv::encode(&[res(7, Value::Integer(1))]),
+            ),
+            "4.00",
+        ),
+        (
+            "security mode out of range",
+            write("/0/1/2", cf::TEXT_PLAIN, b"9".to_vec()),
+            "4.00",
+        ),
+        (
+            "an object the client does not have",
+            write("/4242/0", cf::LWM2M_TLV, good.server_tlv()),
+            "4.04",
+        ),
+        (
+            "a 70 KiB certificate",
+            write(
+                "/0/1",
+                cf::LWM2M_TLV,
+                tlv::encode(&[res(3, Value::Opaque(vec![0x30; 70 * 1024]))]),
+            ),
+            // Refused by block-wise reassembly before it reaches the data model.
+            "4.13",
+        ),
+        (
+            "a Security instance with an invalid URI",
+            write("/0/2", cf::LWM2M_TLV, {
+                let mut a = ProvisionedAccount::nosec("http://127.0.0.1:5683", 8, 60);
+                a.security_iid = 2;
+                a.security_tlv()
+            }),
+            "4.00",
+        ),
+        (
+            "a Server instance without a lifetime",
+            write("/1/1/0", cf::TEXT_PLAIN, b"8".to_vec()),
+            "4.00",
+        ),
+        (
+            "a retry count of 0",
+            write(
+                "/1/0",
+                cf::LWM2M_TLV,
+                tlv::encode(&[res(17, Value::Unsigned(0))]),
+            ),
+            "4.00",
+        ),
+    ];
+    for (what, op, want) in cases {
+        r.bs.provision(EP, Provisioning { ops: vec![op] });
+        let skip = step_count(&r);
+        r.client.schedule_bootstrap_request(r.now).unwrap();
+        let until = r.elapsed() + Duration::from_secs(30);
+        r.run_until(until, |r| step_count(r) > skip);
+        let steps = steps_after(&r, skip);
+        assert_eq!(steps.len(), 1, "{what}: {steps:?}");
+        assert!(steps[0].1.starts_with(want), "{what}: {}", steps[0].1);
+        assert_eq!(
+            configuration(&r),
+            before,
+            "{what} changed the configuration"
+        );
+        eprintln!("{what}: {}", steps[0].1);
+    }
+    // The configuration still works: a good bootstrap registers with it again.
+    r.bs.provision(EP, Provisioning::accounts(&[good]));
+    r.client.schedule_bootstrap_request(r.now).unwrap();
+    let until = r.elapsed() + Duration::from_secs(60);
+    r.run_until(until, |r| registrations(r).len() >= 2);
+    assert_eq!(registrations(&r).len(), 2);
+    assert_eq!(configuration(&r), before);
 }
