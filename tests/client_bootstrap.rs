@@ -2,7 +2,7 @@
 //! EST CA and LwM2M server, on a virtual clock: bootstrap then register (NoSec, PSK, EST
 //! mode 4 with enrollment), an inconsistent configuration refused at Finish, a silent
 //! Bootstrap-Server, re-enrollment over many certificate lifetimes, and fall-back to
-//! bootstrap when the management server refuses every Register; server-initiated bootstrap
+//! bootstrap when the management server never answers; server-initiated bootstrap
 //! (/1/x/9); the Server object's retry resources over a simulated day; Certificate mode;
 //! Bootstrap-Discover, -Read and -Delete, and bad writes, through the test server.
 
