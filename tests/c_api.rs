@@ -580,6 +580,7 @@ fn c_api_persistence() {
     use estuary::dm::objects::{SecurityInstance, SecurityMode, ServerInstance};
     use estuary::time::UtcTime;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api_persist");
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating the C test directory");
     let mut rng = Drbg::from_seed(12);
     let t0 = UtcTime::from_unix_seconds(1_767_225_600);

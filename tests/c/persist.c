@@ -163,8 +163,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *state_file = argv[1];
-    char missing[512], saved[512], streamed[512];
+    char missing[512], saved[512], streamed[512], truncated[512];
     snprintf(missing, sizeof(missing), "%s/missing.bin", argv[2]);
+    snprintf(truncated, sizeof(truncated), "%s/truncated.bin", argv[2]);
+    remove(missing);
     snprintf(saved, sizeof(saved), "%s/saved.bin", argv[2]);
     snprintf(streamed, sizeof(streamed), "%s/streamed.bin", argv[2]);
     bytes_t state = read_file(state_file);
@@ -278,13 +280,13 @@ int main(int argc, char **argv) {
     bytes_t after = snapshot(d);
     CHECK(after.len == before.len && memcmp(after.data, before.data, before.len) == 0);
     /* All-or-nothing through the file helper: a damaged last part installs nothing. */
-    FILE *bad = fopen(missing, "wb");
+    FILE *bad = fopen(truncated, "wb");
     CHECK(bad != NULL);
     if (bad) {
         fwrite(state.data, 1, state.len - 1, bad);
         fclose(bad);
     }
-    CHECK(estuary_persistence_restore_file(d, missing) < 0);
+    CHECK(estuary_persistence_restore_file(d, truncated) < 0);
     bytes_t after_file = snapshot(d);
     CHECK(after_file.len == before.len
           && memcmp(after_file.data, before.data, before.len) == 0);
