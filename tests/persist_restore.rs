@@ -106,6 +106,18 @@ fn restored_client_registers_without_bootstrap_and_reenrolls_on_the_original_sch
     // (mode 4 has no other credential), and the attributes survived.
     assert!(r.events.iter().any(|(t, e)| *t >= restarted_at
         && matches!(e, Event::SecureConnectionEstablished { ssid: 7, .. })));
+    let cert = r.client.est_state().certificate.clone().unwrap();
+    let auth = r
+        .lw_side
+        .listener
+        .as_ref()
+        .unwrap()
+        .peer_auth(client_addr(ConnectionId(7)));
+    assert!(
+        matches!(&auth, Some(estuary_testserver::coaps::PeerAuth::Certificate { subject, not_after })
+            if subject.contains("CN=dev1") && *not_after == cert.not_after().unix_seconds()),
+        "the management server saw {auth:?}"
+    );
     assert_eq!(r.client.attribute_storage().count(), 1);
 
     // Re-enrollment at the originally scheduled moment (27 days after provisioning).
