@@ -563,7 +563,13 @@ typedef struct estuary_est_status_t {
      * The certificate's serial number in hex; NUL-terminated.
      */
     char serial[64];
+    /**
+     * The certificate's notBefore.
+     */
     int64_t not_before;
+    /**
+     * The certificate's notAfter.
+     */
     int64_t not_after;
     /**
      * When the certificate was installed (the start of the re-enrollment schedule).
