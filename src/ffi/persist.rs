@@ -217,7 +217,10 @@ pub unsafe extern "C" fn estuary_attr_storage_is_modified(estuary: *mut estuary_
 /// provisioning time) to `out_stream`. The stream then holds a private key: use a 0600 file
 /// or protected flash. While a bootstrap or EST exchange is in flight (see
 /// estuary_est_state_is_ready_for_persistence()) it returns ESTUARY_ERR_STATE, logs why and
-/// writes nothing: keep the previously persisted state then.
+/// writes nothing: keep the previously persisted state then (a file stream opened with
+/// ESTUARY_STREAM_FILE_WRITE was already truncated when it was opened; check
+/// estuary_est_state_is_ready_for_persistence() first, or use
+/// estuary_persistence_save_file(), which leaves the old file in place).
 #[no_mangle]
 pub unsafe extern "C" fn estuary_est_state_persist(
     estuary: *mut estuary_t,
