@@ -108,6 +108,16 @@ impl ServerInstance {
         Ok(())
     }
 
+    /// The retry resources /1/x/17..20 with their IDs, as set (None: the default applies).
+    pub fn retry_resources(&self) -> [(u16, Option<u64>); 4] {
+        [
+            (17, self.communication_retry_count),
+            (18, self.communication_retry_timer),
+            (19, self.communication_sequence_delay_timer),
+            (20, self.communication_sequence_retry_count),
+        ]
+    }
+
     /// Sets one of the retry resources /1/x/17..20 (an unsigned integer; the counts must be
     /// at least 1).
     fn set_retry_resource(&mut self, rid: u16, v: &Value) -> Result<(), &'static str> {
