@@ -37,11 +37,18 @@ pub enum EstFault {
     Expired,
     /// Cut the certificate body in half.
     Truncated,
+    /// Acknowledge each enrollment with an empty ACK and send the response this many
+    /// seconds later as a separate confirmable response (RFC 7252 §5.2.2).
+    Delayed { secs: u32 },
 }
 
+/// Delay of `est-delay` without a value: long enough to be a separate response, well inside
+/// the client's EXCHANGE_LIFETIME (247 s) wait for it.
+pub const DEFAULT_DELAY_SECS: u32 = 5;
+
 impl EstFault {
-    /// Parses a `--fault` name: `est-503[=SECONDS]`, `est-wrong-key`, `est-expired`,
-    /// `est-truncated`.
+    /// Parses a `--fault` name: `est-503[=SECONDS]`, `est-delay[=SECONDS]`, `est-wrong-key`,
+    /// `est-expired`, `est-truncated`.
     pub fn parse(s: &str) -> Option<EstFault> {
         let (name, arg) = match s.split_once('=') {
             Some((n, a)) => (n, Some(a)),
@@ -51,6 +58,12 @@ impl EstFault {
             ("est-503", None) => EstFault::ServiceUnavailable { max_age: 2 },
             ("est-503", Some(a)) => EstFault::ServiceUnavailable {
                 max_age: a.parse().ok()?,
+            },
+            ("est-delay", None) => EstFault::Delayed {
+                secs: DEFAULT_DELAY_SECS,
+            },
+            ("est-delay", Some(a)) => EstFault::Delayed {
+                secs: a.parse().ok()?,
             },
             ("est-wrong-key", None) => EstFault::WrongKey,
             ("est-expired", None) => EstFault::Expired,
@@ -120,6 +133,28 @@ impl EstCa {
 
     pub fn ca_certificate(&self) -> &Certificate {
         self.issuer.certificate()
+    }
+
+    /// How long to hold back the answer to `req` (the `est-delay` fault): `Some` for
+    /// confirmable enrollment requests (`/est/sen`, `/est/sren`, like the other faults),
+    /// which the caller acknowledges at once with an empty ACK and answers through
+    /// [`EstCa::handle`] once the delay has passed.
+    pub fn response_delay(&self, req: &coap::Packet, confirmable: bool) -> Option<Duration> {
+        let path = coap::uri_path(req).unwrap_or_default();
+        let enrollment = matches!(
+            path.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            ["est", "sen" | "sren"]
+        );
+        if !confirmable || !enrollment {
+            return None;
+        }
+        self.faults.iter().find_map(|f| match f {
+            EstFault::Delayed { secs } => Some(Duration::from_secs(u64::from(*secs))),
+            _ => None,
+        })
     }
 
     /// True when `path` (the request's Uri-Path segments) is one of ours.
@@ -622,6 +657,28 @@ mod tests {
             EstFault::parse("est-503"),
             Some(EstFault::ServiceUnavailable { max_age: 2 })
         );
+        assert_eq!(
+            EstFault::parse("est-delay"),
+            Some(EstFault::Delayed {
+                secs: DEFAULT_DELAY_SECS
+            })
+        );
+        assert_eq!(
+            EstFault::parse("est-delay=30"),
+            Some(EstFault::Delayed { secs: 30 })
+        );
+        p.est.set_faults(vec![EstFault::Delayed { secs: 3 }]);
+        assert_eq!(
+            p.est.response_delay(&req, true),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(p.est.response_delay(&req, false), None, "NON: no empty ACK");
+        let bs = coap::new_request(code::POST, "/bs");
+        assert_eq!(p.est.response_delay(&bs, true), None);
+        let crts = coap::new_request(code::GET, "/est/crts");
+        assert_eq!(p.est.response_delay(&crts, true), None);
+        p.est.set_faults(Vec::new());
+        assert_eq!(p.est.response_delay(&req, true), None);
         assert_eq!(EstFault::parse("nope"), None);
         assert_eq!(EstFault::parse("est-503=x"), None);
     }
