@@ -54,6 +54,17 @@ pub(super) struct BootstrapLink {
     pub(super) stage: Stage,
 }
 
+impl BootstrapLink {
+    /// Hands what the CoAP endpoint still has queued (the ACK of a separate EST response,
+    /// say) to the current DTLS session, so closing it does not leave that for a new
+    /// handshake.
+    fn flush_before_close(&mut self, now: Now) {
+        while let Some(coap) = self.session.endpoint.poll_transmit() {
+            self.channel.send(now, coap);
+        }
+    }
+}
+
 /// EST bookkeeping of the client.
 #[derive(Default)]
 pub(super) struct EstRuntime {
@@ -468,6 +479,7 @@ impl Client {
     fn provisioning_done(&mut self, now: Now) {
         if let Some(b) = self.bootstrap.as_mut() {
             b.stage = Stage::Idle;
+            b.flush_before_close(now);
             b.session.endpoint.cancel_all();
             b.channel.close(now);
         }
@@ -518,6 +530,11 @@ impl Client {
                 if let Some(uri) = self.bootstrap.as_ref().map(|b| b.session.uri.clone()) {
                     if let Ok(ch) = self.channel_for(&sec, &uri) {
                         if let Some(b) = self.bootstrap.as_mut() {
+                            b.flush_before_close(now);
+                            b.channel.close(now);
+                            while let Some(d) = b.channel.poll_transmit() {
+                                self.pending_raw.push_back((ConnectionId::BOOTSTRAP, d));
+                            }
                             b.channel = ch;
                         }
                     }
@@ -617,6 +634,7 @@ impl Client {
                 stage: Stage::Idle,
             });
         } else if let Some(b) = self.bootstrap.as_mut() {
+            b.flush_before_close(now);
             b.channel.close(now);
             while let Some(d) = b.channel.poll_transmit() {
                 self.pending_raw.push_back((ConnectionId::BOOTSTRAP, d));
