@@ -292,7 +292,14 @@ impl Client {
                         .pending_key
                         .as_ref()
                         .or(self.est.state.key.as_ref());
-                    let trust = self.cfg.trust_store_certs.clone();
+                    // Our own certificate may chain to `trust_store_certs` or to the CA
+                    // certificates this EST server gave us from /est/crts.
+                    let mut trust = self.cfg.trust_store_certs.clone();
+                    if !trust.is_empty() {
+                        for c in &self.est.state.cacerts {
+                            trust.add(c.clone());
+                        }
+                    }
                     outcomes.extend(
                         b.est
                             .on_response(now.mono, now.utc, *handle, packet, key, &trust),
