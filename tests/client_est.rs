@@ -468,3 +468,263 @@ fn sren_delayed_separate_response_is_accepted() {
     let st = r.client.est_state();
     assert!(st.provisioned_at.unwrap() >= utc_of(first + Duration::from_secs(20)));
 }
+
+// ---------------------------------------------------------------------------------------
+// est_cacerts_policy (SPEC 4.3)
+//
+// Every server certificate in the rig chains only to the EST CA, which is what /est/crts
+// returns. The client's `trust_store_certs` holds an unrelated CA, and the accounts use
+// Certificate Usage 1 (service certificate constraint: the pinned server certificate must
+// also chain to the trust store), so a handshake succeeds only where the policy lets the
+// /est/crts result into that connection's trust store.
+
+use estuary::crypto::KeyPair;
+use estuary::dm::tlv::{self, Tlv, TlvType};
+use estuary::dm::Value;
+use estuary::est::{CacertsPolicy, EstState};
+use estuary_testserver::bootstrap_server::BootstrapOp;
+
+fn unrelated_trust() -> TrustStore {
+    let mut rng = Drbg::from_seed(99);
+    let ca = CertificateIssuer::new_root_ca(
+        KeyPair::generate(&mut rng).unwrap(),
+        "CN=Unrelated CA",
+        UtcTime::from_unix_seconds(EPOCH.unix_seconds() - 86_400),
+        UtcTime::from_unix_seconds(EPOCH.unix_seconds() + 10 * 365 * 86_400),
+        &mut rng,
+    )
+    .unwrap();
+    let mut t = TrustStore::new();
+    t.add(ca.certificate().clone());
+    t
+}
+
+/// /0/x/15 = 1, appended to a Security instance's TLV.
+fn usage_1() -> Vec<u8> {
+    tlv::encode(&[Tlv::value(TlvType::Resource, 15, &Value::Integer(1))])
+}
+
+/// The mode-4 management account (ssid 7).
+fn est_account(r: &Rig) -> ProvisionedAccount {
+    let mut a = ProvisionedAccount::nosec(&format!("coaps://{LW_ADDR}"), 7, 86_400);
+    a.mode = SecurityMode::CertificateWithEst;
+    a.server_public_key = r.pki.server_cert.der().to_vec();
+    a
+}
+
+/// A mode-2 management account (ssid 8) with a certificate of its own.
+fn certificate_account(r: &Rig) -> ProvisionedAccount {
+    let mut rng = Drbg::from_seed(5);
+    let own = r
+        .pki
+        .issue_client(
+            EP,
+            UtcTime::from_unix_seconds(EPOCH.unix_seconds() - 60),
+            UtcTime::from_unix_seconds(EPOCH.unix_seconds() + 365 * 86_400),
+            &mut rng,
+        )
+        .unwrap();
+    let mut a = ProvisionedAccount::nosec("coaps://localhost:5684", 8, 86_400);
+    a.security_iid = 2;
+    a.server_iid = 1;
+    a.mode = SecurityMode::Certificate;
+    a.identity = own.cert.der().to_vec();
+    a.secret_key = own.key.to_der().expose().to_vec();
+    a.server_public_key = r.pki.server_cert.der().to_vec();
+    a
+}
+
+/// Has the Bootstrap-Server write `accounts` with Certificate Usage 1.
+fn provision_usage_1(r: &mut Rig, accounts: &[ProvisionedAccount]) {
+    let mut p = Provisioning::accounts(accounts);
+    for op in &mut p.ops {
+        if let BootstrapOp::Write { path, payload, .. } = op {
+            if path.starts_with("/0/") {
+                payload.extend(usage_1());
+            }
+        }
+    }
+    r.bs.provision(EP, p);
+}
+
+fn policy_rig(policy: CacertsPolicy) -> Rig {
+    let mut r = est_rig();
+    r.reconfigure(|c| {
+        c.est_cacerts_policy = policy;
+        c.trust_store_certs = unrelated_trust();
+    });
+    r
+}
+
+fn cacerts_requested(r: &Rig) -> bool {
+    r.est_events()
+        .iter()
+        .any(|e| matches!(e, EstEvent::CaCerts { .. }))
+}
+
+fn registered_ssid(r: &Rig, ssid: u16) -> bool {
+    r.count(|e| matches!(e, Event::Registered { ssid: s, .. } if *s == ssid)) > 0
+}
+
+fn handshake_failed(r: &Rig, ssid: u16) -> bool {
+    r.count(|e| matches!(e, Event::SecureConnectionFailed { ssid: s, .. } if *s == ssid)) > 0
+}
+
+/// Management accounts: a mode-4 one and a mode-2 one, then a mode-2 one alone. Returns
+/// (/crts requested, mode-4 registered, mode-2 registered) and (/crts requested, mode-2
+/// registered) for the second run.
+fn management_trust(policy: CacertsPolicy) -> ((bool, bool, bool), (bool, bool)) {
+    let mut r = policy_rig(policy);
+    let accounts = [est_account(&r), certificate_account(&r)];
+    provision_usage_1(&mut r, &accounts);
+    start(&mut r);
+    r.run_until(Duration::from_secs(300), |r| {
+        registered_ssid(r, 7) && registered_ssid(r, 8)
+    });
+    if policy == CacertsPolicy::Disabled {
+        // Without /crts the enrolled certificate cannot chain to `trust_store_certs`: the
+        // enrollment, and with it the bootstrap, fails before any account is used (the run
+        // with the mode-2 account alone shows its handshake).
+        assert_eq!(enrollments(&r, false), 0);
+        assert!(!failures(&r).is_empty());
+        assert!(failures(&r)
+            .iter()
+            .all(|(_, why)| why.contains("does not chain to the trust store")));
+    } else {
+        assert_eq!(enrollments(&r, false), 1, "{policy:?}: {:?}", r.events);
+    }
+    for ssid in [7, 8] {
+        assert!(
+            registered_ssid(&r, ssid)
+                || handshake_failed(&r, ssid)
+                || policy == CacertsPolicy::Disabled,
+            "{policy:?} ssid {ssid}: {:?}",
+            r.events
+        );
+    }
+    let both = (
+        cacerts_requested(&r),
+        registered_ssid(&r, 7),
+        registered_ssid(&r, 8),
+    );
+
+    let mut r = policy_rig(policy);
+    let account = certificate_account(&r);
+    provision_usage_1(&mut r, &[account]);
+    start(&mut r);
+    r.run_until(Duration::from_secs(300), |r| registered_ssid(r, 8));
+    assert_eq!(
+        enrollments(&r, false),
+        0,
+        "{policy:?}: no mode-4 account, no /sen"
+    );
+    assert!(registered_ssid(&r, 8) || handshake_failed(&r, 8));
+    (both, (cacerts_requested(&r), registered_ssid(&r, 8)))
+}
+
+/// The bootstrap account in Certificate mode (factory certificate, Usage 1 on the
+/// Bootstrap-Server's certificate), with the /est/crts result of an earlier enrollment
+/// restored: does the bootstrap handshake succeed?
+fn bootstrap_trust(policy: CacertsPolicy) -> bool {
+    let mut r = policy_rig(policy);
+    let mut rng = Drbg::from_seed(6);
+    let factory = r
+        .pki
+        .issue_client(
+            EP,
+            UtcTime::from_unix_seconds(EPOCH.unix_seconds() - 60),
+            UtcTime::from_unix_seconds(EPOCH.unix_seconds() + 365 * 86_400),
+            &mut rng,
+        )
+        .unwrap();
+    let mut b = SecurityInstance::certificate(
+        &format!("coaps://{BS_ADDR}"),
+        1,
+        factory.cert.der(),
+        factory.key.to_der().expose(),
+        r.pki.server_cert.der(),
+    );
+    b.bootstrap_server = true;
+    b.ssid = None;
+    b.certificate_usage = Some(1);
+    let sec = &mut r.client.data_model_mut().security;
+    assert!(sec.remove(0));
+    sec.insert(0, b).unwrap();
+    r.client.restore_est_state(EstState {
+        cacerts: vec![r.pki.ca.certificate().clone()],
+        ..EstState::default()
+    });
+    start(&mut r);
+    r.run_until(Duration::from_secs(300), |r| {
+        r.count(|e| *e == Event::BootstrapFinished) > 0
+    });
+    let finished = r.count(|e| *e == Event::BootstrapFinished) > 0;
+    if !finished {
+        assert!(
+            r.count(|e| matches!(e, Event::BootstrapFailed { reason } if reason.contains("DTLS handshake failed")))
+                > 0,
+            "{policy:?}: {:?}",
+            r.events
+        );
+        assert!(r.bs_events.is_empty(), "the Bootstrap-Server saw nothing");
+    }
+    finished
+}
+
+fn check_policy(
+    policy: CacertsPolicy,
+    management: ((bool, bool, bool), (bool, bool)),
+    bootstrap: bool,
+) {
+    assert_eq!(
+        management_trust(policy),
+        management,
+        "{policy:?}: ((/crts, mode 4, mode 2), (/crts, mode 2 alone))"
+    );
+    assert_eq!(bootstrap_trust(policy), bootstrap, "{policy:?}: bootstrap");
+}
+
+#[test]
+fn cacerts_disabled_never_fetches_and_trusts_nothing_from_est() {
+    check_policy(
+        CacertsPolicy::Disabled,
+        ((false, false, false), (false, false)),
+        false,
+    );
+}
+
+#[test]
+fn cacerts_for_est_security_verifies_mode_4_servers_only() {
+    check_policy(
+        CacertsPolicy::ForEstSecurity,
+        ((true, true, false), (false, false)),
+        false,
+    );
+}
+
+#[test]
+fn cacerts_for_est_security_and_bootstrap_also_verifies_the_bootstrap_server() {
+    check_policy(
+        CacertsPolicy::ForEstSecurityAndBootstrap,
+        ((true, true, false), (false, false)),
+        true,
+    );
+}
+
+#[test]
+fn cacerts_if_est_configured_is_trusted_everywhere_when_fetched() {
+    check_policy(
+        CacertsPolicy::IfEstConfigured,
+        ((true, true, true), (false, false)),
+        true,
+    );
+}
+
+#[test]
+fn cacerts_always_is_fetched_after_every_bootstrap_and_trusted_everywhere() {
+    check_policy(
+        CacertsPolicy::Always,
+        ((true, true, true), (true, true)),
+        true,
+    );
+}
