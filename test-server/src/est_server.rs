@@ -101,6 +101,8 @@ pub struct EstCa {
     /// Refuse EST over sessions not authenticated by a certificate (RFC 9148 requires one).
     pub require_certificate: bool,
     faults: Vec<EstFault>,
+    /// The operations ("sen", "sren") the faults apply to; empty: both.
+    fault_operations: Vec<&'static str>,
     /// Peers (by CSR subject and operation) already told 5.03 once.
     delayed: HashSet<(String, &'static str)>,
 }
@@ -119,12 +121,27 @@ impl EstCa {
             rng,
             require_certificate: true,
             faults: Vec::new(),
+            fault_operations: Vec::new(),
             delayed: HashSet::new(),
         }
     }
 
     pub fn set_faults(&mut self, faults: Vec<EstFault>) {
         self.faults = faults;
+    }
+
+    /// Limits the faults to some operations (`"sen"`, `"sren"`); an empty list means all.
+    pub fn set_fault_operations(&mut self, operations: &[&'static str]) {
+        self.fault_operations = operations.to_vec();
+    }
+
+    /// The faults that apply to `operation`.
+    fn faults_for(&self, operation: &str) -> &[EstFault] {
+        if self.fault_operations.is_empty() || self.fault_operations.contains(&operation) {
+            &self.faults
+        } else {
+            &[]
+        }
     }
 
     pub fn set_validity(&mut self, validity: Duration) {
@@ -141,17 +158,20 @@ impl EstCa {
     /// [`EstCa::handle`] once the delay has passed.
     pub fn response_delay(&self, req: &coap::Packet, confirmable: bool) -> Option<Duration> {
         let path = coap::uri_path(req).unwrap_or_default();
-        let enrollment = matches!(
-            path.iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .as_slice(),
-            ["est", "sen" | "sren"]
-        );
-        if !confirmable || !enrollment {
+        let operation = match path
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["est", "sen"] => "sen",
+            ["est", "sren"] => "sren",
+            _ => return None,
+        };
+        if !confirmable {
             return None;
         }
-        self.faults.iter().find_map(|f| match f {
+        self.faults_for(operation).iter().find_map(|f| match f {
             EstFault::Delayed { secs } => Some(Duration::from_secs(u64::from(*secs))),
             _ => None,
         })
@@ -270,8 +290,8 @@ impl EstCa {
             return Self::refuse(op, code::FORBIDDEN, reason);
         }
         let subject = csr.subject().to_string();
-        if let Some(EstFault::ServiceUnavailable { max_age }) = self
-            .faults
+        let faults = self.faults_for(op).to_vec();
+        if let Some(EstFault::ServiceUnavailable { max_age }) = faults
             .iter()
             .find(|f| matches!(f, EstFault::ServiceUnavailable { .. }))
             .cloned()
@@ -284,7 +304,7 @@ impl EstCa {
             }
         }
         self.delayed.remove(&(subject.clone(), op));
-        let cert = match self.issue(now, &csr) {
+        let cert = match self.issue(now, &csr, &faults) {
             Ok(c) => c,
             Err(e) => {
                 return Self::refuse(
@@ -301,7 +321,7 @@ impl EstCa {
         } else {
             build_certs_only(&[cert.clone(), self.issuer.certificate().clone()])
         };
-        if self.faults.contains(&EstFault::Truncated) {
+        if faults.contains(&EstFault::Truncated) {
             r.payload.truncate(r.payload.len() / 2);
         }
         info!(
@@ -373,8 +393,9 @@ impl EstCa {
         &mut self,
         now: UtcTime,
         csr: &Csr,
+        faults: &[EstFault],
     ) -> Result<Certificate, estuary::crypto::CryptoError> {
-        let expired = self.faults.contains(&EstFault::Expired);
+        let expired = faults.contains(&EstFault::Expired);
         let (not_before, not_after) = if expired {
             (
                 UtcTime::from_unix_seconds(now.unix_seconds() - 7200),
@@ -391,7 +412,7 @@ impl EstCa {
             profile: CertificateProfile::Client,
         };
         let wrong;
-        let public_key = if self.faults.contains(&EstFault::WrongKey) {
+        let public_key = if faults.contains(&EstFault::WrongKey) {
             wrong = KeyPair::generate(&mut self.rng)?;
             wrong.public_key_der()
         } else {
@@ -677,6 +698,14 @@ mod tests {
         assert_eq!(p.est.response_delay(&bs, true), None);
         let crts = coap::new_request(code::GET, "/est/crts");
         assert_eq!(p.est.response_delay(&crts, true), None);
+        let sren = csr_request("/est/sren", &key, "CN=dev1", &mut p.rng, None);
+        p.est.set_fault_operations(&["sren"]);
+        assert_eq!(p.est.response_delay(&req, true), None, "/sen spared");
+        assert!(p.est.response_delay(&sren, true).is_some());
+        p.est.set_faults(vec![EstFault::WrongKey]);
+        let (r, _) = p.est.handle(now(), &req, &auth);
+        assert!(Certificate::from_der(&r.payload).unwrap().matches_key(&key));
+        p.est.set_fault_operations(&[]);
         p.est.set_faults(Vec::new());
         assert_eq!(p.est.response_delay(&req, true), None);
         assert_eq!(EstFault::parse("nope"), None);
