@@ -728,3 +728,277 @@ fn cacerts_always_is_fetched_after_every_bootstrap_and_trusted_everywhere() {
         true,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// rekey (SPEC 4.4)
+
+fn key_bytes(r: &Rig) -> Vec<u8> {
+    r.client
+        .est_state()
+        .key
+        .as_ref()
+        .expect("a key")
+        .to_sec1_der()
+        .expose()
+        .to_vec()
+}
+
+fn rekey_rig(rekey: bool) -> (Rig, Enrolled) {
+    capture_logs();
+    let mut r = rig_with_lifetime(
+        Setup::PskToEst,
+        Duration::from_secs(DAY),
+        ReenrollConfig {
+            rekey,
+            ..reenroll_cfg()
+        },
+        86_400,
+    );
+    start(&mut r);
+    r.run_until(Duration::from_secs(600), Rig::registered);
+    assert!(r.registered());
+    let st = r.client.est_state();
+    let cert = st.certificate.as_ref().unwrap();
+    let attempts = schedule(
+        st.provisioned_at.unwrap(),
+        cert.not_after(),
+        &reenroll_cfg(),
+    )
+    .unwrap()
+    .attempts();
+    let e = Enrolled {
+        serial: cert.serial_hex(),
+        key: key_bytes(&r),
+        attempts,
+    };
+    (r, e)
+}
+
+#[test]
+fn rekey_changes_the_key_only_when_the_new_certificate_arrives() {
+    let (mut r, old) = rekey_rig(true);
+    // Hold the first /sren in flight (answered 20 s later) to look at the key meanwhile.
+    r.set_est_faults(vec![EstFault::Delayed { secs: 20 }]);
+    let first = elapsed_at(old.attempts[0]);
+    r.run_until(first + Duration::from_secs(10), |_| false);
+    assert!(r.client.est_in_progress(), "/sren in flight");
+    assert_eq!(
+        key_bytes(&r),
+        old.key,
+        "before the certificate: the old key"
+    );
+    assert_unchanged(&r, &old);
+    r.run_until(first + Duration::from_secs(600), |r| {
+        enrollments(r, true) > 0
+    });
+    assert_eq!(enrollments(&r, true), 1);
+    let new_key = key_bytes(&r);
+    assert_ne!(
+        new_key, old.key,
+        "rekey: a new key with the new certificate"
+    );
+    let st = r.client.est_state();
+    assert!(st
+        .certificate
+        .as_ref()
+        .unwrap()
+        .matches_key(st.key.as_ref().unwrap()));
+
+    // A failed /sren with rekey keeps the key (and certificate) in use.
+    let serial = st.certificate.as_ref().unwrap().serial_hex();
+    let attempts = schedule(
+        st.provisioned_at.unwrap(),
+        st.certificate.as_ref().unwrap().not_after(),
+        &reenroll_cfg(),
+    )
+    .unwrap()
+    .attempts();
+    r.set_est_faults(vec![EstFault::WrongKey]);
+    let next = elapsed_at(attempts[0]);
+    r.run_until(next + Duration::from_secs(600), |r| !failures(r).is_empty());
+    assert_eq!(failures(&r).len(), 1);
+    assert_eq!(key_bytes(&r), new_key, "failed /sren: the key stays");
+    let st = r.client.est_state();
+    assert_eq!(st.certificate.as_ref().unwrap().serial_hex(), serial);
+    // Cleared: the retry re-enrolls with yet another key.
+    r.set_est_faults(Vec::new());
+    r.run_until(elapsed_at(attempts[1]) + Duration::from_secs(600), |r| {
+        enrollments(r, true) > 1
+    });
+    assert_eq!(enrollments(&r, true), 2);
+    let third = key_bytes(&r);
+    assert!(third != new_key && third != old.key);
+}
+
+#[test]
+fn without_rekey_the_key_stays_across_reenrollments() {
+    let (mut r, old) = rekey_rig(false);
+    r.set_est_faults(vec![EstFault::Delayed { secs: 20 }]);
+    let first = elapsed_at(old.attempts[0]);
+    r.run_until(first + Duration::from_secs(10), |_| false);
+    assert!(r.client.est_in_progress());
+    assert_eq!(key_bytes(&r), old.key);
+    r.set_est_faults(Vec::new());
+    r.run_until(Duration::from_secs(3 * DAY), |_| false);
+    assert!(enrollments(&r, true) >= 5, "{}", enrollments(&r, true));
+    assert_eq!(key_bytes(&r), old.key, "same key after every /sren");
+    let st = r.client.est_state();
+    assert_ne!(st.certificate.as_ref().unwrap().serial_hex(), old.serial);
+    assert!(st
+        .certificate
+        .as_ref()
+        .unwrap()
+        .matches_key(st.key.as_ref().unwrap()));
+}
+
+// ---------------------------------------------------------------------------------------
+// /sren failing until the schedule runs out
+
+/// The index of the first event matching `f` at or after `from`.
+fn position_from(r: &Rig, from: usize, f: impl Fn(&Event) -> bool) -> Option<usize> {
+    r.events
+        .iter()
+        .skip(from)
+        .position(|(_, e)| f(e))
+        .map(|i| i + from)
+}
+
+#[test]
+fn sren_failing_to_expiry_purges_then_bootstraps_and_enrolls_afresh() {
+    let (mut r, old) = registered_rig();
+    let not_after = r
+        .client
+        .est_state()
+        .certificate
+        .as_ref()
+        .unwrap()
+        .not_after();
+    let est = r.bs.est_mut().unwrap();
+    est.set_fault_operations(&["sren"]);
+    est.set_faults(vec![EstFault::WrongKey]);
+    r.run_until(elapsed_at(not_after) + Duration::from_secs(600), |r| {
+        r.count(|e| *e == Event::BootstrapFinished) >= 2 && enrollments(r, false) >= 2
+    });
+    // Every attempt of the schedule was made and refused, each at or after its time.
+    let times = failure_times(&r);
+    assert_eq!(times.len(), old.attempts.len(), "{:?}", failures(&r));
+    for (t, due) in times.iter().zip(&old.attempts) {
+        assert!(*t >= elapsed_at(*due), "attempt at {t:?} before {due:?}");
+    }
+    assert!(failures(&r)
+        .iter()
+        .all(|(op, why)| op == "Reenroll" && why.contains("matches our key")));
+    assert!(
+        logs()
+            .iter()
+            .any(|l| l.contains("the credential is purged")),
+        "{:?}",
+        logs()
+    );
+    // In order: first enrollment, the refused /sren attempts, a new bootstrap, a fresh /sen,
+    // a new Register.
+    let first_sen = position_from(&r, 0, |e| {
+        matches!(
+            e,
+            Event::EstEnrolled {
+                reenrollment: false,
+                ..
+            }
+        )
+    })
+    .unwrap();
+    let last_failure = r
+        .events
+        .iter()
+        .rposition(|(_, e)| matches!(e, Event::EstFailed { .. }))
+        .unwrap();
+    assert!(first_sen < last_failure);
+    let rebootstrap = position_from(&r, last_failure, |e| *e == Event::BootstrapFinished)
+        .expect("bootstrap after the purge");
+    let fresh_sen = position_from(&r, rebootstrap, |e| {
+        matches!(
+            e,
+            Event::EstEnrolled {
+                reenrollment: false,
+                ..
+            }
+        )
+    })
+    .expect("a fresh /sen");
+    r.run_until(r.elapsed() + Duration::from_secs(120), |r| {
+        position_from(r, fresh_sen, |e| matches!(e, Event::Registered { .. })).is_some()
+    });
+    assert!(position_from(&r, fresh_sen, |e| matches!(e, Event::Registered { .. })).is_some());
+    assert_eq!(enrollments(&r, true), 0);
+    // A new key and certificate (the old ones were purged), valid now.
+    let st = r.client.est_state();
+    assert_ne!(key_bytes(&r), old.key);
+    assert_ne!(st.certificate.as_ref().unwrap().serial_hex(), old.serial);
+    assert!(st.certificate.as_ref().unwrap().is_valid_at(r.now.utc));
+    let est: Vec<String> = r
+        .est_events()
+        .iter()
+        .map(|e| match e {
+            EstEvent::CaCerts { .. } => "crts".to_string(),
+            EstEvent::Enrolled { reenroll, .. } => {
+                (if *reenroll { "sren" } else { "sen" }).to_string()
+            }
+            EstEvent::Refused { operation, .. } => format!("refused {operation}"),
+        })
+        .collect();
+    // The CA issued wrong-key certificates for /sren (it does not know they are wrong).
+    let mut expected = vec!["crts", "sen"];
+    expected.extend(std::iter::repeat_n("sren", old.attempts.len()));
+    expected.extend(["crts", "sen"]);
+    assert_eq!(est, expected);
+    eprintln!(
+        "/sren refused {} times from {:?} to {:?}; re-bootstrapped and enrolled afresh at {:?} (notAfter {:?})",
+        times.len(),
+        times[0],
+        times[times.len() - 1],
+        r.events[fresh_sen].0,
+        elapsed_at(not_after)
+    );
+}
+
+#[test]
+fn without_reenrollment_the_certificate_is_used_until_expiry_then_bootstrap_and_sen() {
+    capture_logs();
+    let mut r = rig_with_lifetime(
+        Setup::PskToEst,
+        Duration::from_secs(DAY),
+        ReenrollConfig {
+            enable: false,
+            ..reenroll_cfg()
+        },
+        86_400,
+    );
+    start(&mut r);
+    r.run_until(Duration::from_secs(600), Rig::registered);
+    let not_after = r
+        .client
+        .est_state()
+        .certificate
+        .as_ref()
+        .unwrap()
+        .not_after();
+    assert_eq!(r.client.next_reenrollment(), None);
+    r.run_until(elapsed_at(not_after) - Duration::from_secs(1), |_| false);
+    assert_eq!(enrollments(&r, false), 1, "nothing before expiry");
+    r.run_until(elapsed_at(not_after) + Duration::from_secs(600), |r| {
+        enrollments(r, false) >= 2
+    });
+    assert_eq!(enrollments(&r, false), 2);
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 2);
+    let second = r
+        .events
+        .iter()
+        .filter(|(_, e)| *e == Event::BootstrapFinished)
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(second >= elapsed_at(not_after), "bootstrapped at expiry");
+    assert!(logs()
+        .iter()
+        .any(|l| l.contains("the EST certificate expired")));
+}
