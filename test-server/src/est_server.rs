@@ -103,6 +103,8 @@ pub struct EstCa {
     faults: Vec<EstFault>,
     /// The operations ("sen", "sren") the faults apply to; empty: both.
     fault_operations: Vec<&'static str>,
+    /// The last CSR received (DER), as the client sent it.
+    last_csr: Option<Vec<u8>>,
     /// Peers (by CSR subject and operation) already told 5.03 once.
     delayed: HashSet<(String, &'static str)>,
 }
@@ -122,6 +124,7 @@ impl EstCa {
             require_certificate: true,
             faults: Vec::new(),
             fault_operations: Vec::new(),
+            last_csr: None,
             delayed: HashSet::new(),
         }
     }
@@ -175,6 +178,12 @@ impl EstCa {
             EstFault::Delayed { secs } => Some(Duration::from_secs(u64::from(*secs))),
             _ => None,
         })
+    }
+
+    /// The body of the last `/sen` or `/sren` request with Content-Format 286, for checking
+    /// what a client sends.
+    pub fn last_csr(&self) -> Option<&[u8]> {
+        self.last_csr.as_deref()
     }
 
     /// True when `path` (the request's Uri-Path segments) is one of ours.
@@ -277,6 +286,7 @@ impl EstCa {
                 "CSR is not Content-Format 286".into(),
             );
         }
+        self.last_csr = Some(req.payload.clone());
         let format = match coap::accept_of(req) {
             None | Some(content_format::PKIX_CERT) => content_format::PKIX_CERT,
             Some(content_format::PKCS7_CERTS_ONLY) => content_format::PKCS7_CERTS_ONLY,
