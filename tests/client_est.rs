@@ -277,7 +277,7 @@ fn sen_delayed_separate_response_is_accepted() {
         "one ACK of the separate response"
     );
     eprintln!(
-        "delayed /crts + /sen: client bootstrap datagrams {} (undelayed {})",
+        "delayed /sen: client bootstrap datagrams {} (undelayed {})",
         delayed.sent[0], plain.sent[0]
     );
 }
@@ -1001,4 +1001,175 @@ fn without_reenrollment_the_certificate_is_used_until_expiry_then_bootstrap_and_
     assert!(logs()
         .iter()
         .any(|l| l.contains("the EST certificate expired")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Independent checks with the `openssl` command line
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use estuary::coap::content_format;
+use estuary::est::{accept_enrolled, certificates};
+
+/// Runs `openssl` (CI installs it: a missing tool fails, it is not a reason to skip) and
+/// returns (stdout, stderr).
+fn openssl(args: &[&str]) -> (Vec<u8>, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `openssl` ({e}): install OpenSSL"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}{stderr}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.stdout, stderr)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A directory for one test's files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> (Scratch, PathBuf) {
+    let d = std::env::temp_dir().join(format!("estuary-client-est-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    (Scratch(d.clone()), d)
+}
+
+#[test]
+fn openssl_verifies_the_clients_csr_and_the_chain_it_was_issued() {
+    let (mut r, _) = registered_rig();
+    let csr =
+        r.bs.est_mut()
+            .map(|e| e.last_csr().unwrap().to_vec())
+            .unwrap();
+    let (_t, dir) = scratch("est-openssl");
+    let csr_path = dir.join("csr.der");
+    std::fs::write(&csr_path, &csr).unwrap();
+    // OpenSSL 3.0 exits 0 from `req -verify` even on a bad signature: read its verdict.
+    let (text, verdict) = openssl(&[
+        "req",
+        "-inform",
+        "DER",
+        "-in",
+        p(&csr_path),
+        "-verify",
+        "-noout",
+        "-subject",
+    ]);
+    assert!(
+        verdict.contains("verify OK") && !verdict.contains("failure"),
+        "{verdict}"
+    );
+    assert!(
+        String::from_utf8_lossy(&text).contains("CN = dev1")
+            || String::from_utf8_lossy(&text).contains("CN=dev1"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    // The CSR carries the key the client holds.
+    let st = r.client.est_state();
+    let (pubkey, _) = openssl(&[
+        "req",
+        "-inform",
+        "DER",
+        "-in",
+        p(&csr_path),
+        "-noout",
+        "-pubkey",
+    ]);
+    let ours = st.key.as_ref().unwrap().public_key_pem();
+    assert_eq!(String::from_utf8_lossy(&pubkey).trim(), ours.trim());
+
+    // The certificate the client installed verifies against the /est/crts result.
+    let leaf = dir.join("leaf.pem");
+    let ca = dir.join("crts.pem");
+    std::fs::write(&leaf, st.certificate.as_ref().unwrap().to_pem()).unwrap();
+    let crts: String = st.cacerts.iter().map(|c| c.to_pem()).collect();
+    assert!(!crts.is_empty());
+    std::fs::write(&ca, crts).unwrap();
+    let (out, _) = openssl(&[
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-attime",
+        &r.now.utc.unix_seconds().to_string(),
+        "-CAfile",
+        p(&ca),
+        p(&leaf),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out).trim_end().ends_with(": OK"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn an_openssl_made_pkcs7_bundle_is_accepted_as_sen_and_as_crts_response() {
+    let (r, _) = registered_rig();
+    let st = r.client.est_state();
+    let leaf = st.certificate.as_ref().unwrap().clone();
+    let ca = r.pki.ca.certificate().clone();
+    let (_t, dir) = scratch("est-p7");
+    // CA first, leaf second: the parser must find the leaf by its key.
+    let pem = dir.join("chain.pem");
+    std::fs::write(&pem, format!("{}{}", ca.to_pem(), leaf.to_pem())).unwrap();
+    let (bundle, _) = openssl(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        p(&pem),
+        "-outform",
+        "DER",
+    ]);
+    let certs = certificates(Some(content_format::PKCS7_CERTS_ONLY), &bundle).unwrap();
+    assert_eq!(certs.len(), 2);
+    assert_eq!(certs[0].der(), ca.der(), "OpenSSL kept the file's order");
+
+    // As a /sen response: our certificate, picked by key, checked against the trust store.
+    let mut trust = TrustStore::new();
+    trust.add(ca.clone());
+    let key = st.key.as_ref().unwrap();
+    let enrolled = accept_enrolled(certs.clone(), key, r.now.utc, &trust).unwrap();
+    assert_eq!(enrolled.certificate.der(), leaf.der());
+    assert_eq!(enrolled.chain.len(), 1);
+    assert_eq!(enrolled.chain[0].der(), ca.der());
+    // Someone else's key finds nothing.
+    let other = KeyPair::generate(&mut Drbg::from_seed(123)).unwrap();
+    assert!(accept_enrolled(certs, &other, r.now.utc, &trust).is_err());
+
+    // As a /crts response: every certificate of the bundle, in order.
+    let ca_only_pem = dir.join("ca.pem");
+    std::fs::write(&ca_only_pem, ca.to_pem()).unwrap();
+    let (ca_bundle, _) = openssl(&[
+        "crl2pkcs7",
+        "-nocrl",
+        "-certfile",
+        p(&ca_only_pem),
+        "-outform",
+        "DER",
+    ]);
+    let crts = certificates(Some(content_format::PKCS7_CERTS_ONLY), &ca_bundle).unwrap();
+    assert_eq!(crts.len(), 1);
+    assert_eq!(crts[0].der(), ca.der());
+    // Cut short, it is refused with a reason.
+    let err = certificates(
+        Some(content_format::PKCS7_CERTS_ONLY),
+        &bundle[..bundle.len() / 2],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("malformed"), "{err}");
 }
