@@ -556,19 +556,29 @@ impl Client {
         if self.shutting_down || !self.est.state.is_enrolled() {
             return;
         }
-        let busy = self
-            .bootstrap
-            .as_ref()
-            .is_some_and(|b| b.stage != Stage::Idle || b.est.in_progress());
-        if busy {
-            return;
-        }
         let expired = self
             .est
             .state
             .certificate
             .as_ref()
             .is_some_and(|c| c.not_after() <= now.utc);
+        let stage = self
+            .bootstrap
+            .as_ref()
+            .map(|b| (b.stage, b.stage != Stage::Idle || b.est.in_progress()));
+        match stage {
+            // A /sren still waiting at expiry (told 5.03 with a long Max-Age, say) is given
+            // up: the device must not keep an expired credential while it waits.
+            Some((Stage::Reenrolling, true)) if expired => {
+                if let Some(b) = self.bootstrap.as_mut() {
+                    b.est.cancel(now.mono, &mut b.session.endpoint);
+                    b.stage = Stage::Idle;
+                }
+                return self.est_fallback(now, "the EST certificate expired during /est/sren");
+            }
+            Some((_, true)) => return,
+            _ => {}
+        }
         let Some(sched) = self.est.state.reenroll_schedule(&self.cfg.est_reenroll) else {
             if expired {
                 self.est_fallback(now, "the EST certificate expired");
@@ -586,6 +596,7 @@ impl Client {
     fn est_fallback(&mut self, now: Now, why: &str) {
         warn!("EST: {why}; the credential is purged and the client bootstraps again");
         self.est.state.purge();
+        self.est.pending_key = None;
         self.est.sren_failures = 0;
         if let Err(e) = self.begin_bootstrap(now, true) {
             warn!("cannot bootstrap: {e}");
@@ -667,10 +678,21 @@ impl Client {
             .min()
         });
         let sren = if self.est.state.is_enrolled() && !self.shutting_down {
-            let at = self
-                .next_reenrollment()
-                .into_iter()
-                .chain(self.est.state.certificate.as_ref().map(|c| c.not_after()));
+            // While an exchange is under way (a 5.03 wait, say) its own timers count, and a
+            // past attempt time must not make the caller spin; only expiry interrupts it.
+            let busy = self
+                .bootstrap
+                .as_ref()
+                .is_some_and(|b| b.stage != Stage::Idle || b.est.in_progress());
+            let next = if busy { None } else { self.next_reenrollment() };
+            let expiry = self
+                .est
+                .state
+                .certificate
+                .as_ref()
+                .map(|c| c.not_after())
+                .filter(|t| !busy || *t > now.utc);
+            let at = next.into_iter().chain(expiry);
             at.min().map(|t| {
                 let ms = t.unix_millis().saturating_sub(now.utc.unix_millis()).max(0) as u64;
                 now.mono + Duration::from_millis(ms)
