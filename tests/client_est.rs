@@ -427,7 +427,11 @@ fn sren_service_unavailable_keeps_the_old_credential_until_max_age() {
     let (hs, regs) = (handshakes(&r, 7), registrations(&r));
     r.set_est_faults(vec![EstFault::ServiceUnavailable { max_age: 120 }]);
     let first = elapsed_at(old.attempts[0]);
+    r.run_until(first, |_| false);
+    let steps = r.steps;
     r.run_until(first + Duration::from_secs(60), |_| false);
+    // The wait is one timer, not a spin on the past attempt time (that was 1 ms steps).
+    assert!(r.steps - steps < 100, "{} clock steps", r.steps - steps);
     assert!(
         logs()
             .iter()
@@ -1172,4 +1176,56 @@ fn an_openssl_made_pkcs7_bundle_is_accepted_as_sen_and_as_crts_response() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("malformed"), "{err}");
+}
+
+#[test]
+fn sren_still_waiting_at_expiry_is_given_up_for_bootstrap_and_sen() {
+    // One /sren attempt at half-life, told to come back after the certificate has expired.
+    capture_logs();
+    let cfg = ReenrollConfig {
+        sren_attempts_count: 0,
+        ..reenroll_cfg()
+    };
+    let mut r = rig_with_lifetime(Setup::PskToEst, Duration::from_secs(DAY), cfg, 86_400);
+    start(&mut r);
+    r.run_until(Duration::from_secs(600), Rig::registered);
+    let old_serial = r
+        .client
+        .est_state()
+        .certificate
+        .as_ref()
+        .unwrap()
+        .serial_hex();
+    let not_after = r
+        .client
+        .est_state()
+        .certificate
+        .as_ref()
+        .unwrap()
+        .not_after();
+    let est = r.bs.est_mut().unwrap();
+    est.set_fault_operations(&["sren"]);
+    est.set_faults(vec![EstFault::ServiceUnavailable { max_age: 50_000 }]);
+    r.run_until(elapsed_at(not_after) - Duration::from_secs(1), |_| false);
+    assert!(r.client.est_in_progress(), "waiting on the 5.03");
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 1);
+    r.run_until(elapsed_at(not_after) + Duration::from_secs(600), |r| {
+        enrollments(r, false) >= 2
+    });
+    assert_eq!(enrollments(&r, false), 2, "{:?}", r.events);
+    assert_eq!(enrollments(&r, true), 0);
+    let rebootstrap = r
+        .events
+        .iter()
+        .filter(|(_, e)| *e == Event::BootstrapFinished)
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(rebootstrap >= elapsed_at(not_after));
+    assert!(logs()
+        .iter()
+        .any(|l| l.contains("expired during /est/sren")));
+    let st = r.client.est_state();
+    assert_ne!(st.certificate.as_ref().unwrap().serial_hex(), old_serial);
+    assert!(st.certificate.as_ref().unwrap().is_valid_at(r.now.utc));
 }
