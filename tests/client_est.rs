@@ -1229,3 +1229,35 @@ fn sren_still_waiting_at_expiry_is_given_up_for_bootstrap_and_sen() {
     assert_ne!(st.certificate.as_ref().unwrap().serial_hex(), old_serial);
     assert!(st.certificate.as_ref().unwrap().is_valid_at(r.now.utc));
 }
+
+#[test]
+fn a_csr_larger_than_the_out_buffer_goes_block_wise() {
+    // A 128-byte out buffer (the smallest allowed): the CSR (about 200 bytes) can only go out
+    // in Block1 blocks; a request that does not fit would fail with "too large".
+    let run = |out: Option<usize>| {
+        let mut r = est_rig();
+        if let Some(o) = out {
+            r.reconfigure(|c| c.out_buffer_size = o);
+        }
+        start(&mut r);
+        r.run_until(Duration::from_secs(600), Rig::registered);
+        assert!(r.registered(), "{out:?}: {:?}", r.events);
+        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+        r
+    };
+    let plain = run(None);
+    let mut small = run(Some(128));
+    let csr_len = small.bs.est_mut().unwrap().last_csr().unwrap().len();
+    assert!(csr_len > 128, "CSR of {csr_len} bytes");
+    assert!(
+        small.sent[0] >= plain.sent[0] + 2,
+        "the CSR in at least 3 blocks: {} vs {} datagrams",
+        small.sent[0],
+        plain.sent[0]
+    );
+    assert_eq!(enrollments(&small, false), 1);
+    eprintln!(
+        "128-byte out buffer: CSR {csr_len} B in blocks; bootstrap datagrams {} (vs {})",
+        small.sent[0], plain.sent[0]
+    );
+}
