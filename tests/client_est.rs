@@ -758,6 +758,7 @@ fn rekey_rig(rekey: bool) -> (Rig, Enrolled) {
         },
         86_400,
     );
+    r.capture = true;
     start(&mut r);
     r.run_until(Duration::from_secs(600), Rig::registered);
     assert!(r.registered());
@@ -832,6 +833,27 @@ fn rekey_changes_the_key_only_when_the_new_certificate_arrives() {
     assert_eq!(enrollments(&r, true), 2);
     let third = key_bytes(&r);
     assert!(third != new_key && third != old.key);
+    // None of the three private keys ever went out, in any datagram of the client.
+    for key in [&old.key, &new_key, &third] {
+        let scalar = private_scalar(key);
+        assert!(!r
+            .captured
+            .iter()
+            .any(|d| d.windows(scalar.len()).any(|w| w == scalar)));
+    }
+    eprintln!(
+        "rekey: 3 keys, {} datagrams scanned for their private scalars",
+        r.captured.len()
+    );
+}
+
+/// The 32-byte private scalar of a SEC1 `ECPrivateKey` (the OCTET STRING after the version).
+fn private_scalar(sec1: &[u8]) -> Vec<u8> {
+    let pos = sec1
+        .windows(2)
+        .position(|w| w == [0x04, 0x20])
+        .expect("SEC1 private key octet string");
+    sec1[pos + 2..pos + 34].to_vec()
 }
 
 #[test]
