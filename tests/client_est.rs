@@ -1283,3 +1283,59 @@ fn a_csr_larger_than_the_out_buffer_goes_block_wise() {
         small.sent[0], plain.sent[0]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A bootstrap account in mode 4 (SPEC 4.1)
+
+#[test]
+fn a_mode_4_bootstrap_account_uses_the_est_certificate_for_later_bootstrap_connections() {
+    use estuary_testserver::coaps::PeerAuth;
+
+    let mut r = est_rig();
+    let mut rng = Drbg::from_seed(8);
+    let factory = r
+        .pki
+        .issue_client(
+            EP,
+            UtcTime::from_unix_seconds(EPOCH.unix_seconds() - 60),
+            UtcTime::from_unix_seconds(EPOCH.unix_seconds() + 365 * 86_400),
+            &mut rng,
+        )
+        .unwrap();
+    let mut b = SecurityInstance::certificate(
+        &format!("coaps://{BS_ADDR}"),
+        1,
+        factory.cert.der(),
+        factory.key.to_der().expose(),
+        r.pki.server_cert.der(),
+    );
+    b.security_mode = SecurityMode::CertificateWithEst;
+    b.bootstrap_server = true;
+    b.ssid = None;
+    let sec = &mut r.client.data_model_mut().security;
+    assert!(sec.remove(0));
+    sec.insert(0, b).unwrap();
+    start(&mut r);
+    r.run_until(Duration::from_secs(600), Rig::registered);
+    assert!(r.registered(), "{:?}", r.events);
+    let peer = client_addr(ConnectionId::BOOTSTRAP);
+    let seen = |r: &Rig| match r.bs_side.listener.as_ref().unwrap().peer_auth(peer) {
+        Some(PeerAuth::Certificate { not_after, .. }) => not_after,
+        other => panic!("{other:?}"),
+    };
+    // Before enrollment the bootstrap connection used the factory certificate of /0/x/3.
+    assert_eq!(seen(&r), factory.cert.not_after().unix_seconds());
+    let est_cert = r.client.est_state().certificate.clone().unwrap();
+    assert_ne!(est_cert.serial_hex(), factory.cert.serial_hex());
+
+    // A later bootstrap authenticates with the EST certificate, and enrolls afresh.
+    r.run_until(r.elapsed() + Duration::from_secs(60), |_| false);
+    r.client.schedule_bootstrap_request(r.now).unwrap();
+    r.run_until(r.elapsed() + Duration::from_secs(600), |r| {
+        enrollments(r, false) >= 2
+    });
+    assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 2);
+    assert_eq!(seen(&r), est_cert.not_after().unix_seconds());
+    assert_eq!(enrollments(&r, false), 2, "{:?}", r.events);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+}
