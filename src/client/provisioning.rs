@@ -359,8 +359,28 @@ impl Client {
         }
     }
 
+    /// RFC 9148 wants EST over a certificate-authenticated session; over a PSK (or plain)
+    /// bootstrap connection the client still tries, since some servers allow it.
+    fn warn_if_est_without_certificate(&self) {
+        if let Some((_, sec)) = self.bootstrap_account() {
+            if !matches!(
+                sec.security_mode,
+                SecurityMode::Certificate | SecurityMode::CertificateWithEst
+            ) {
+                warn!(
+                    "EST over a {:?} bootstrap connection: RFC 9148 requires certificate \
+                     authentication, the server may refuse",
+                    sec.security_mode
+                );
+            }
+        }
+    }
+
     /// Sends the EST request of `stage` over the bootstrap connection.
     fn start_est(&mut self, now: Now, stage: Stage) {
+        if stage != Stage::Reenrolling {
+            self.warn_if_est_without_certificate();
+        }
         let csr = match stage {
             Stage::Enrolling | Stage::Reenrolling => {
                 let key = if stage == Stage::Reenrolling && !self.cfg.est_reenroll.rekey {
