@@ -143,6 +143,14 @@ fn sen_is_rejected_then_retried(fault: EstFault, reason: &str) {
         "{fault:?}: no log line: {:?}",
         logs()
     );
+    // The rig's bootstrap account is PSK: EST is tried anyway, with a warning.
+    assert!(
+        logs()
+            .iter()
+            .any(|l| l.starts_with("EST over a Psk bootstrap connection")),
+        "{:?}",
+        logs()
+    );
     let st = r.client.est_state();
     assert!(
         st.certificate.is_none() && st.key.is_none(),
@@ -1338,4 +1346,6 @@ fn a_mode_4_bootstrap_account_uses_the_est_certificate_for_later_bootstrap_conne
     assert_eq!(seen(&r), est_cert.not_after().unix_seconds());
     assert_eq!(enrollments(&r, false), 2, "{:?}", r.events);
     assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+    // A certificate-based bootstrap connection: no warning about EST over PSK.
+    assert!(!logs().iter().any(|l| l.starts_with("EST over a")));
 }
