@@ -18,6 +18,7 @@ pub use estuary_testserver::bootstrap_server::{
     BootstrapEvent, BootstrapServer, ProvisionedAccount, Provisioning,
 };
 pub use estuary_testserver::coaps::{SecureListener, SecureListenerConfig};
+pub use estuary_testserver::est_server::EstFault;
 pub use estuary_testserver::est_server::{EstCa, EstEvent};
 pub use estuary_testserver::lwm2m_server::{Lwm2mServer, ServerEvent};
 pub use estuary_testserver::pki::{Issued, TestPki};
@@ -367,4 +368,44 @@ impl Rig {
 
 pub fn start(r: &mut Rig) {
     r.client.start(r.now).unwrap();
+}
+
+impl Rig {
+    /// Rebuilds the (not yet started) client with `configure` applied to its configuration;
+    /// the Security instances given so far (the bootstrap account) are kept.
+    pub fn reconfigure(&mut self, configure: impl FnOnce(&mut ClientConfig)) {
+        let mut cfg = self.client.config().clone();
+        configure(&mut cfg);
+        let accounts: Vec<(u16, SecurityInstance)> = self
+            .client
+            .data_model()
+            .security
+            .iter()
+            .map(|(iid, s)| (iid, s.clone()))
+            .collect();
+        self.client = Client::new(cfg, Box::new(SeededRng::new(3))).unwrap();
+        for (iid, s) in accounts {
+            self.client
+                .data_model_mut()
+                .security
+                .insert(iid, s)
+                .unwrap();
+        }
+    }
+
+    /// Switches the EST CA's fault behaviour (an empty list clears it).
+    pub fn set_est_faults(&mut self, faults: Vec<EstFault>) {
+        self.bs.est_mut().expect("an EST CA").set_faults(faults);
+    }
+
+    /// What the EST CA did, in order.
+    pub fn est_events(&self) -> Vec<EstEvent> {
+        self.bs_events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                BootstrapEvent::Est { event, .. } => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
