@@ -734,7 +734,6 @@ fn without_bootstrap_on_registration_failure_sequences_continue_and_no_bootstrap
 
 #[test]
 fn certificate_bootstrap_then_certificate_register() {
-    use estuary_testserver::est_server::PeerAuth;
     let mut r = rig(
         Setup::CertToCert,
         Duration::from_secs(3600),
@@ -743,31 +742,11 @@ fn certificate_bootstrap_then_certificate_register() {
     let serial = |i: &Option<Issued>| i.as_ref().unwrap().cert.serial_hex();
     let (factory, management) = (serial(&r.factory_cert), serial(&r.management_cert));
     assert_ne!(factory, management);
-    // Who the DTLS listeners saw, checked while each session is up.
-    let mut bs_peer = None;
-    let mut lw_peer = None;
     start(&mut r);
-    while r.elapsed() < Duration::from_secs(60) && !r.registered() {
-        let next = r.elapsed() + Duration::from_millis(100);
-        r.run_until(next, |_| false);
-        let from_bs = client_addr(ConnectionId::BOOTSTRAP);
-        if let Some(PeerAuth::Certificate(c)) = r
-            .bs_side
-            .listener
-            .as_ref()
-            .and_then(|l| l.est_peer_auth(from_bs))
-        {
-            bs_peer.get_or_insert(c.serial_hex());
-        }
-        if let Some(PeerAuth::Certificate(c)) = r
-            .lw_side
-            .listener
-            .as_ref()
-            .and_then(|l| l.est_peer_auth(client_addr(ConnectionId(7))))
-        {
-            lw_peer.get_or_insert(c.serial_hex());
-        }
-    }
+    r.run_until(Duration::from_secs(60), Rig::registered);
+    // The rig records who each DTLS listener saw while its session was up.
+    let bs_peer = r.peer_serials(true).first().cloned();
+    let lw_peer = r.peer_serials(false).first().cloned();
     assert!(r.registered(), "events: {:?}", r.events);
     assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 1);
     // The bootstrap connection authenticated with the factory certificate, the management

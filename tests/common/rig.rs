@@ -19,7 +19,7 @@ pub use estuary_testserver::bootstrap_server::{
 };
 pub use estuary_testserver::coaps::{SecureListener, SecureListenerConfig};
 pub use estuary_testserver::est_server::EstFault;
-pub use estuary_testserver::est_server::{EstCa, EstEvent};
+pub use estuary_testserver::est_server::{EstCa, EstEvent, PeerAuth};
 pub use estuary_testserver::lwm2m_server::{Lwm2mServer, ServerEvent};
 pub use estuary_testserver::pki::{Issued, TestPki};
 
@@ -83,6 +83,9 @@ pub struct Rig {
     pub capture: bool,
     pub pki: TestPki,
     pub steps: u64,
+    /// Who each DTLS listener saw at the other end, in order, each change once:
+    /// `(true, …)` for the bootstrap listener, `(false, …)` for the management one.
+    pub peer_auths: Vec<(bool, PeerAuth)>,
     /// `Setup::CertToCert`: the factory certificate of the bootstrap account, and the one
     /// the Bootstrap-Server writes for the management account.
     pub factory_cert: Option<Issued>,
@@ -207,6 +210,7 @@ pub fn rig_with_lifetime(
         capture: false,
         pki,
         steps: 0,
+        peer_auths: Vec::new(),
         factory_cert,
         management_cert,
     }
@@ -241,6 +245,7 @@ impl Rig {
                             .as_ref()
                             .and_then(|l| l.est_peer_auth(from))
                         {
+                            self.note_peer(true, &auth);
                             self.bs.set_peer_auth(from, auth);
                         }
                         self.bs.handle_datagram(self.now, from, &d);
@@ -250,7 +255,16 @@ impl Rig {
                     if self.lw_silent {
                         continue;
                     }
-                    for d in self.lw_side.inbound(self.now, from, &t.data) {
+                    let delivered = self.lw_side.inbound(self.now, from, &t.data);
+                    if let Some(auth) = self
+                        .lw_side
+                        .listener
+                        .as_ref()
+                        .and_then(|l| l.est_peer_auth(from))
+                    {
+                        self.note_peer(false, &auth);
+                    }
+                    for d in delivered {
                         self.lw.handle_datagram(self.now, from, &d);
                     }
                 }
@@ -353,6 +367,25 @@ impl Rig {
             }
             self.pump();
         }
+    }
+
+    fn note_peer(&mut self, bootstrap: bool, auth: &PeerAuth) {
+        let last = self.peer_auths.iter().rev().find(|(b, _)| *b == bootstrap);
+        if last.map(|(_, a)| a) != Some(auth) {
+            self.peer_auths.push((bootstrap, auth.clone()));
+        }
+    }
+
+    /// The certificate serials a listener saw, in order (`bootstrap` picks which).
+    pub fn peer_serials(&self, bootstrap: bool) -> Vec<String> {
+        self.peer_auths
+            .iter()
+            .filter(|(b, _)| *b == bootstrap)
+            .filter_map(|(_, a)| match a {
+                PeerAuth::Certificate(c) => Some(c.serial_hex()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn registered(&self) -> bool {
