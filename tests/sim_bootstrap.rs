@@ -215,7 +215,10 @@ fn loss_free_datagram_counts() {
     let mut rng = Drbg::from_seed(4242);
     let pki = TestPki::generate(&mut rng, at(-1), at(3650)).unwrap();
     let clean = LinkConfig::clean().with_latency(Duration::from_millis(20));
-    for (mode, want) in [(Mode::NoSec, 6), (Mode::Psk, 15), (Mode::Certificate, 15)] {
+    // Secure modes: handshake, Bootstrap-Request, the answers, close_notify, then the
+    // management handshake and Register. (Before the 2.04 to Finish was flushed ahead of
+    // close_notify it started a second, abandoned bootstrap handshake: 2 more ClientHellos.)
+    for (mode, want) in [(Mode::NoSec, 6), (Mode::Psk, 13), (Mode::Certificate, 13)] {
         let (t, sent, requests) = run(mode, 1, &pki, clean.clone(), Duration::from_secs(60));
         assert_eq!((sent, requests), (want, 1), "{mode:?}");
         assert!(t < Duration::from_secs(1), "{mode:?}: {t:?}");
