@@ -31,6 +31,8 @@ pub mod config;
 
 pub mod lifecycle;
 
+pub mod poll;
+
 pub mod objects;
 
 pub mod stream;
@@ -84,6 +86,13 @@ pub(crate) trait Refused {
 impl Refused for c_int {
     fn refused(code: c_int) -> Self {
         code
+    }
+}
+
+/// A wait or count that is negative on failure (estuary_sched_calculate_wait_time_ms()).
+impl Refused for i64 {
+    fn refused(code: c_int) -> Self {
+        i64::from(code)
     }
 }
 
