@@ -12,6 +12,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Memory-checking runs (CMake's "valgrind" tests) set ESTUARY_EXAMPLE_WRAPPER to the checker's
+# command line and ESTUARY_CTEST_SLOWDOWN to how much longer every bounded wait may take.
+SLOWDOWN=${ESTUARY_CTEST_SLOWDOWN:-1}
+
+# run_example BIN ARGS...: runs the example, under $ESTUARY_EXAMPLE_WRAPPER when set. Start
+# it in the background (`run_example ... &`): exec makes $! the example's (or the checker's)
+# own pid, so SIGINT reaches it.
+run_example() {
+    # shellcheck disable=SC2086 # the wrapper is a command line: split on purpose
+    exec ${ESTUARY_EXAMPLE_WRAPPER:-} "$@"
+}
+
+# example_failed NAME RC: fails with the example's exit status, naming what memory checker
+# (if any) ran it, since a checker reports errors and leaks through the exit status.
+example_failed() {
+    local what="$1 exited with $2 after SIGINT"
+    if [ -n "${ESTUARY_EXAMPLE_WRAPPER:-}" ]; then
+        what="$what (under ${ESTUARY_EXAMPLE_WRAPPER%% *}: memory errors or definite leaks; see example.log)"
+    fi
+    fail "$what"
+}
+
 fail() {
     echo "FAIL: $*" >&2
     for f in "$WORK"/*.log; do
@@ -73,7 +95,7 @@ start_testserver() {
 
 # wait_for_event FILE EVENT ENDPOINT SECONDS
 wait_for_event() {
-    local file=$1 event=$2 ep=$3 secs=$4 i
+    local file=$1 event=$2 ep=$3 secs=$(($4 * SLOWDOWN)) i
     for i in $(seq 1 $((secs * 10))); do
         if [ -f "$file" ] && grep "\"event\":\"$event\"" "$file" | grep -q "\"ep\":\"$ep\""; then
             echo "event: ep=$ep $event"
@@ -86,7 +108,7 @@ wait_for_event() {
 
 # wait_pid PID SECONDS: the process's exit status, or failure if it is still running.
 wait_pid() {
-    local pid=$1 secs=$2 i
+    local pid=$1 secs=$(($2 * SLOWDOWN)) i
     for i in $(seq 1 $((secs * 10))); do
         if ! kill -0 "$pid" 2>/dev/null; then
             wait "$pid"
