@@ -242,11 +242,23 @@ typedef struct estuary_certificate_chain_info_t {
 } estuary_certificate_chain_info_t;
 
 /**
+ * The name a port from Anjay gets for avs_crypto_certificate_chain_info_t (its `avs_`
+ * prefix replaced): the same type as estuary_certificate_chain_info_t.
+ */
+typedef struct estuary_certificate_chain_info_t estuary_crypto_certificate_chain_info_t;
+
+/**
  * Certificate revocation lists to load (as Anjay's avs_crypto_cert_revocation_list_info_t),
  * made with an estuary_cert_revocation_list_info_from_*() helper; same shape and lifetime
  * rules as estuary_certificate_chain_info_t, whose `source` constants it uses.
  */
 typedef struct estuary_certificate_chain_info_t estuary_cert_revocation_list_info_t;
+
+/**
+ * The name a port from Anjay gets for avs_crypto_cert_revocation_list_info_t: the same type
+ * as estuary_cert_revocation_list_info_t.
+ */
+typedef estuary_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_t;
 
 /**
  * CoAP transmission parameters over UDP (RFC 7252 section 4.8). Unlike the configuration
@@ -1100,6 +1112,25 @@ struct estuary_certificate_chain_info_t estuary_certificate_chain_info_from_buff
                                                                                    size_t size);
 
 /**
+ * The same as estuary_certificate_chain_info_from_file(), under the name a port of
+ * avs_crypto_certificate_chain_info_from_file() gets when its `avs_` prefix is replaced.
+ */
+estuary_crypto_certificate_chain_info_t estuary_crypto_certificate_chain_info_from_file(const char *filename);
+
+/**
+ * The same as estuary_certificate_chain_info_from_path() (the port of
+ * avs_crypto_certificate_chain_info_from_path()).
+ */
+estuary_crypto_certificate_chain_info_t estuary_crypto_certificate_chain_info_from_path(const char *path);
+
+/**
+ * The same as estuary_certificate_chain_info_from_buffer() (the port of
+ * avs_crypto_certificate_chain_info_from_buffer()).
+ */
+estuary_crypto_certificate_chain_info_t estuary_crypto_certificate_chain_info_from_buffer(const void *data,
+                                                                                          size_t size);
+
+/**
  * CRLs from a file (one DER CRL, or PEM "X509 CRL" blocks), for
  * estuary_configuration_t.trust_store_crls. The name is read by estuary_new(). NULL gives
  * the empty list (and a log line).
@@ -1118,6 +1149,25 @@ estuary_cert_revocation_list_info_t estuary_cert_revocation_list_info_from_path(
  */
 estuary_cert_revocation_list_info_t estuary_cert_revocation_list_info_from_buffer(const void *data,
                                                                                   size_t size);
+
+/**
+ * The same as estuary_cert_revocation_list_info_from_file() (the port of
+ * avs_crypto_cert_revocation_list_info_from_file()).
+ */
+estuary_crypto_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_from_file(const char *filename);
+
+/**
+ * The same as estuary_cert_revocation_list_info_from_path() (the port of
+ * avs_crypto_cert_revocation_list_info_from_path()).
+ */
+estuary_crypto_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_from_path(const char *path);
+
+/**
+ * The same as estuary_cert_revocation_list_info_from_buffer() (the port of
+ * avs_crypto_cert_revocation_list_info_from_buffer()).
+ */
+estuary_crypto_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_from_buffer(const void *data,
+                                                                                                size_t size);
 
 /**
  * Creates a client from `config` (see estuary_configuration_t for each field). Nothing is

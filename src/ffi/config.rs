@@ -239,6 +239,38 @@ pub extern "C" fn estuary_certificate_chain_info_from_buffer(
     })
 }
 
+/// The name a port from Anjay gets for avs_crypto_certificate_chain_info_t (its `avs_`
+/// prefix replaced): the same type as estuary_certificate_chain_info_t.
+pub type estuary_crypto_certificate_chain_info_t = estuary_certificate_chain_info_t;
+
+/// The same as estuary_certificate_chain_info_from_file(), under the name a port of
+/// avs_crypto_certificate_chain_info_from_file() gets when its `avs_` prefix is replaced.
+#[no_mangle]
+pub extern "C" fn estuary_crypto_certificate_chain_info_from_file(
+    filename: *const c_char,
+) -> estuary_crypto_certificate_chain_info_t {
+    estuary_certificate_chain_info_from_file(filename)
+}
+
+/// The same as estuary_certificate_chain_info_from_path() (the port of
+/// avs_crypto_certificate_chain_info_from_path()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_certificate_chain_info_from_path(
+    path: *const c_char,
+) -> estuary_crypto_certificate_chain_info_t {
+    estuary_certificate_chain_info_from_path(path)
+}
+
+/// The same as estuary_certificate_chain_info_from_buffer() (the port of
+/// avs_crypto_certificate_chain_info_from_buffer()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_certificate_chain_info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> estuary_crypto_certificate_chain_info_t {
+    estuary_certificate_chain_info_from_buffer(data, size)
+}
+
 /// EST certificate renewal (SPEC 4.4). Re-enrollment starts at
 /// max(P + nominal_usage * (E - P), E - max_margin), where P is when the certificate was
 /// provisioned and E its notAfter; failed attempts are retried sren_attempts_count times,
@@ -486,6 +518,38 @@ pub extern "C" fn estuary_cert_revocation_list_info_from_buffer(
     data: *const c_void,
     size: usize,
 ) -> estuary_cert_revocation_list_info_t {
+    estuary_certificate_chain_info_from_buffer(data, size)
+}
+
+/// The name a port from Anjay gets for avs_crypto_cert_revocation_list_info_t: the same type
+/// as estuary_cert_revocation_list_info_t.
+pub type estuary_crypto_cert_revocation_list_info_t = estuary_cert_revocation_list_info_t;
+
+/// The same as estuary_cert_revocation_list_info_from_file() (the port of
+/// avs_crypto_cert_revocation_list_info_from_file()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_file(
+    filename: *const c_char,
+) -> estuary_crypto_cert_revocation_list_info_t {
+    estuary_certificate_chain_info_from_file(filename)
+}
+
+/// The same as estuary_cert_revocation_list_info_from_path() (the port of
+/// avs_crypto_cert_revocation_list_info_from_path()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_path(
+    path: *const c_char,
+) -> estuary_crypto_cert_revocation_list_info_t {
+    estuary_certificate_chain_info_from_path(path)
+}
+
+/// The same as estuary_cert_revocation_list_info_from_buffer() (the port of
+/// avs_crypto_cert_revocation_list_info_from_buffer()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> estuary_crypto_cert_revocation_list_info_t {
     estuary_certificate_chain_info_from_buffer(data, size)
 }
 
