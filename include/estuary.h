@@ -632,6 +632,43 @@ typedef ptrdiff_t (*estuary_stream_read_cb_t)(void *arg, uint8_t *buf, size_t si
 typedef int (*estuary_stream_write_cb_t)(void *arg, const uint8_t *data, size_t size);
 
 /**
+ * The EST credential as estuary_est_status_get() reports it. Times are Unix seconds (UTC);
+ * the certificate fields are zero or empty when `enrolled` is false.
+ */
+typedef struct estuary_est_status_t {
+    /**
+     * A key pair and its certificate are installed.
+     */
+    bool enrolled;
+    /**
+     * The certificate's subject, e.g. "CN=dev1"; NUL-terminated, cut with "..." if longer.
+     */
+    char subject[256];
+    /**
+     * The certificate's serial number in hex; NUL-terminated.
+     */
+    char serial[64];
+    int64_t not_before;
+    int64_t not_after;
+    /**
+     * When the certificate was installed (the start of the re-enrollment schedule).
+     */
+    int64_t provisioned_at;
+    /**
+     * A re-enrollment (/est/sren) is scheduled.
+     */
+    bool reenrollment_scheduled;
+    /**
+     * When the next re-enrollment attempt is due; valid when `reenrollment_scheduled`.
+     */
+    int64_t next_reenrollment;
+    /**
+     * A bootstrap or EST exchange is in flight.
+     */
+    bool operation_in_progress;
+} estuary_est_status_t;
+
+/**
  * An Object ID.
  */
 typedef uint16_t estuary_oid_t;
@@ -953,7 +990,8 @@ typedef uint16_t estuary_riid_t;
 #define ESTUARY_STREAM_FILE_READ 1
 
 /**
- * Create or truncate a file for writing, with mode 0600 (it may hold keys).
+ * Create or truncate a file for writing, with mode 0600 (it may hold keys; an existing
+ * file with a wider mode is narrowed to 0600).
  */
 #define ESTUARY_STREAM_FILE_WRITE 2
 
@@ -1358,7 +1396,8 @@ void estuary_stream_delete(struct estuary_stream_t *stream);
 
 /**
  * Writes the Security object (with its keys: use a 0600 file or protected flash) to
- * `stream`.
+ * `stream`. Returns 0, or a negative ESTUARY_ERR_* (ESTUARY_ERR_IO when the stream refuses
+ * the bytes; what it took before failing is then incomplete).
  */
 int estuary_security_object_persist(struct estuary_t *estuary, struct estuary_stream_t *stream);
 
@@ -1388,6 +1427,84 @@ int estuary_server_object_restore(struct estuary_t *estuary, struct estuary_stre
  * True when the Server object changed since it was last persisted or restored.
  */
 bool estuary_server_object_is_modified(struct estuary_t *estuary);
+
+/**
+ * Writes the attribute storage (the pmin, pmax, gt, lt and st each server set with
+ * Write-Attributes) to `stream`. Returns 0 or a negative ESTUARY_ERR_*.
+ */
+int estuary_attr_storage_persist(struct estuary_t *estuary, struct estuary_stream_t *out_stream);
+
+/**
+ * Replaces the attribute storage with the one read from `stream` (before the event loop
+ * starts). On any error (truncated, corrupt, newer format, inconsistent attributes) the
+ * storage is left unchanged.
+ */
+int estuary_attr_storage_restore(struct estuary_t *estuary, struct estuary_stream_t *in_stream);
+
+/**
+ * True when the attribute storage changed since it was last persisted or restored.
+ */
+bool estuary_attr_storage_is_modified(struct estuary_t *estuary);
+
+/**
+ * Writes the EST state (key pair, certificate and chain, CA certificates from /est/crts,
+ * provisioning time) to `out_stream`. The stream then holds a private key: use a 0600 file
+ * or protected flash. While a bootstrap or EST exchange is in flight (see
+ * estuary_est_state_is_ready_for_persistence()) it returns ESTUARY_ERR_STATE, logs why and
+ * writes nothing: keep the previously persisted state then.
+ */
+int estuary_est_state_persist(struct estuary_t *estuary, struct estuary_stream_t *out_stream);
+
+/**
+ * Replaces the EST state with the one read from `in_stream` (before the event loop starts).
+ * The key and certificate must belong together. On any error the state is left unchanged.
+ * With the Security and Server objects restored too, the client then registers with its
+ * EST certificate without bootstrapping, and re-enrolls on the persisted schedule.
+ */
+int estuary_est_state_restore(struct estuary_t *estuary, struct estuary_stream_t *in_stream);
+
+/**
+ * True when the EST state changed since it was last persisted or restored.
+ */
+bool estuary_est_state_is_modified(struct estuary_t *estuary);
+
+/**
+ * True when the EST state can be persisted now; false while a bootstrap or an EST exchange
+ * (/est/crts, /est/sen, /est/sren) is in flight, since that state cannot be rolled back
+ * (estuary_est_state_persist() and estuary_persistence_save_file() then fail), and on a
+ * NULL handle.
+ */
+bool estuary_est_state_is_ready_for_persistence(struct estuary_t *estuary);
+
+/**
+ * Persists all four parts (Security, Server, attribute storage, EST state) to the file
+ * `path`, atomically: `path`.tmp is created with mode 0600 (tightened to 0600 if it existed),
+ * written and fsync'ed, renamed over `path`, and the directory is fsync'ed. A crash at any
+ * moment leaves `path` with either the old or the new content. Returns 0,
+ * ESTUARY_ERR_STATE (writing nothing) while EST is in flight, or ESTUARY_ERR_IO.
+ */
+int estuary_persistence_save_file(struct estuary_t *estuary, const char *path);
+
+/**
+ * Restores all four parts from a file written by estuary_persistence_save_file() (or by
+ * the four _persist calls in order on one file stream), before the event loop starts.
+ * Every part is read and checked first; the client changes only if all are good. Returns
+ * 0, ESTUARY_ERR_NOT_FOUND when the file does not exist (bootstrap then), or another
+ * negative ESTUARY_ERR_* (corrupt, truncated or newer-format file, client already running).
+ */
+int estuary_persistence_restore_file(struct estuary_t *estuary, const char *path);
+
+/**
+ * True when any of the four parts changed since it was last persisted or restored.
+ */
+bool estuary_persistence_is_modified(struct estuary_t *estuary);
+
+/**
+ * Fills `*out_status` with the current EST credential, its schedule and whether an EST
+ * exchange is in flight. Returns 0, or ESTUARY_ERR_NULL_ARGUMENT (with `*out_status`
+ * untouched) for a NULL argument.
+ */
+int estuary_est_status_get(struct estuary_t *estuary, struct estuary_est_status_t *out_status);
 
 /**
  * Registers a firmware object. `def_ptr` points to a pointer to the definition; it (and

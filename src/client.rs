@@ -847,3 +847,36 @@ impl Client {
         self.events.pop_front()
     }
 }
+
+/// Accessors for persistence (`persist::Snapshot`, the C persistence API).
+impl Client {
+    /// The attributes each server (by SSID) has set with Write-Attributes; servers that set
+    /// none are left out.
+    pub fn attribute_storage(
+        &self,
+    ) -> impl Iterator<Item = (u16, &crate::lwm2m::attributes::AttributeStore)> {
+        self.server_dm
+            .iter()
+            .filter(|(_, s)| !s.attributes.is_empty())
+            .map(|(ssid, s)| (*ssid, &s.attributes))
+    }
+
+    /// Replaces every server's attributes (restored from persistence) before
+    /// [`Client::start`]; a server missing from `stores` is left with none.
+    pub fn restore_attribute_storage(
+        &mut self,
+        stores: BTreeMap<u16, crate::lwm2m::attributes::AttributeStore>,
+    ) {
+        for s in self.server_dm.values_mut() {
+            s.attributes = Default::default();
+        }
+        for (ssid, store) in stores {
+            self.server_dm_mut(ssid).attributes = store;
+        }
+    }
+
+    /// True once [`Client::start`] (or a bootstrap request) has run.
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+}

@@ -39,6 +39,8 @@ pub mod stream;
 
 pub mod persist;
 
+pub mod est;
+
 pub mod dm;
 
 use std::borrow::Cow;

@@ -6,7 +6,8 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 
 use super::error::{ESTUARY_ERR_INVALID_ARGUMENT, ESTUARY_ERR_IO};
 use super::{arg_mut, bytes_arg, ffi_boundary, str_arg, Refusal};
@@ -27,7 +28,8 @@ pub(crate) enum StreamKind {
 pub type estuary_stream_file_mode_t = c_int;
 /// Open an existing file for reading.
 pub const ESTUARY_STREAM_FILE_READ: estuary_stream_file_mode_t = 1;
-/// Create or truncate a file for writing, with mode 0600 (it may hold keys).
+/// Create or truncate a file for writing, with mode 0600 (it may hold keys; an existing
+/// file with a wider mode is narrowed to 0600).
 pub const ESTUARY_STREAM_FILE_WRITE: estuary_stream_file_mode_t = 2;
 
 /// Reads up to `size` bytes into `buf`; returns how many (0 at the end of the data) or a
@@ -121,6 +123,53 @@ impl StreamKind {
     }
 }
 
+/// Creates or truncates `path` for writing with mode 0600. `mode()` applies only when the
+/// file is created, so an existing file is narrowed to 0600 explicitly: what is written may
+/// be a private key.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Replaces `path` with `data` so that a crash at any moment leaves either the old or the
+/// new content: `path`.tmp (0600) is written and fsync'ed, renamed over `path`, and the
+/// directory is fsync'ed so the rename itself is durable.
+pub(crate) fn write_file_atomically(path: &Path, data: &[u8]) -> Result<(), Refusal> {
+    let io = |what: &str, e: std::io::Error| {
+        Refusal::new(ESTUARY_ERR_IO, format!("{what} {}: {e}", path.display()))
+    };
+    let Some(name) = path.file_name() else {
+        return Err(Refusal::invalid(format!(
+            "{} does not name a file",
+            path.display()
+        )));
+    };
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let written = create_private(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // Best effort: a stale temporary file is harmless, it is truncated next time.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("cannot write", e));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("renamed, but cannot sync the directory of", e))
+}
+
 fn boxed(inner: StreamKind) -> *mut estuary_stream_t {
     Box::into_raw(Box::new(estuary_stream_t { inner }))
 }
@@ -138,12 +187,7 @@ pub unsafe extern "C" fn estuary_stream_file_create(
         let path = unsafe { str_arg(path, "path") }?;
         let file = match mode {
             ESTUARY_STREAM_FILE_READ => File::open(&path),
-            ESTUARY_STREAM_FILE_WRITE => OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path),
+            ESTUARY_STREAM_FILE_WRITE => create_private(Path::new(&path)),
             other => return Err(Refusal::invalid(format!("unknown file mode {other}"))),
         }
         .map_err(|e| Refusal::new(ESTUARY_ERR_IO, format!("cannot open {path}: {e}")))?;

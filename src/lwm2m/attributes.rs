@@ -172,6 +172,36 @@ impl AttributeStore {
     pub fn remove_under(&mut self, path: &Path) {
         self.by_path.retain(|p, _| !path.contains(p));
     }
+
+    /// Every path with attributes set there, in path order (for persistence).
+    pub fn iter(&self) -> impl Iterator<Item = (&Path, &Attributes)> {
+        self.by_path.iter()
+    }
+
+    /// True when no attribute is set anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+
+    /// Sets the attributes at `path` as a whole (restoring from persistence), with the
+    /// checks Write-Attributes applies: a non-root path, finite values, a non-negative
+    /// step, and the §5.1.2 consistency rules. Nothing changes when refused.
+    pub fn set(&mut self, path: Path, a: Attributes) -> Result<(), DmError> {
+        if path.depth() == 0 {
+            return Err(DmError::MethodNotAllowed);
+        }
+        let finite = [a.gt, a.lt, a.st].iter().flatten().all(|v| v.is_finite());
+        if !finite || a.st.is_some_and(|st| st < 0.0) {
+            return Err(DmError::BadRequest);
+        }
+        a.check()?;
+        if a.is_empty() {
+            self.by_path.remove(&path);
+        } else {
+            self.by_path.insert(path, a);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -232,5 +262,40 @@ mod tests {
         s.write(&p, &q(&["lt=10", "gt=20", "st=4"]), true).unwrap();
         s.remove_under(&Path::instance(3303, 0));
         assert!(s.at(&p).is_empty());
+    }
+
+    #[test]
+    fn set_applies_the_write_attributes_checks() {
+        let mut s = AttributeStore::default();
+        let p = Path::resource(3303, 0, 5700);
+        let good = Attributes {
+            pmin: Some(1),
+            lt: Some(10.0),
+            gt: Some(20.0),
+            st: Some(4.0),
+            ..Attributes::default()
+        };
+        s.set(p, good).unwrap();
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![(&p, &good)]);
+        for bad in [
+            Attributes {
+                gt: Some(f64::NAN),
+                ..good
+            },
+            Attributes {
+                st: Some(-1.0),
+                ..good
+            },
+            Attributes {
+                lt: Some(30.0),
+                ..good
+            },
+        ] {
+            assert_eq!(s.set(p, bad), Err(DmError::BadRequest));
+        }
+        assert_eq!(s.set(Path::ROOT, good), Err(DmError::MethodNotAllowed));
+        assert_eq!(s.at(&p), good);
+        s.set(p, Attributes::default()).unwrap();
+        assert!(s.is_empty());
     }
 }

@@ -82,37 +82,45 @@ pub fn est_restore(input: &[u8]) -> Result<(EstState, usize), PersistError> {
     Ok((state, used))
 }
 
+/// An enrolled EST state (a CA, a key and a one-day certificate for "CN=dev1" from
+/// 2023-11-14), for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn enrolled_for_tests(seed: u64) -> EstState {
+    use crate::crypto::{CertificateIssuer, CertificateProfile, CertificateTemplate, Drbg};
+    let mut rng = Drbg::from_seed(seed);
+    let ca = CertificateIssuer::new_root_ca(
+        KeyPair::generate(&mut rng).unwrap(),
+        "CN=EST CA",
+        UtcTime::from_unix_seconds(1_700_000_000),
+        UtcTime::from_unix_seconds(1_800_000_000),
+        &mut rng,
+    )
+    .unwrap();
+    let key = KeyPair::generate(&mut rng).unwrap();
+    let t = CertificateTemplate {
+        subject: "CN=dev1".into(),
+        serial: CertificateTemplate::random_serial(&mut rng).unwrap(),
+        not_before: UtcTime::from_unix_seconds(1_700_000_000),
+        not_after: UtcTime::from_unix_seconds(1_700_086_400),
+        profile: CertificateProfile::Client,
+    };
+    let cert = ca.issue(key.public_key_der(), &t, &mut rng).unwrap();
+    EstState {
+        key: Some(key),
+        certificate: Some(cert),
+        chain: vec![],
+        cacerts: vec![ca.certificate().clone()],
+        provisioned_at: Some(UtcTime::from_unix_millis(1_700_000_123_456)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{CertificateIssuer, CertificateProfile, CertificateTemplate, Drbg};
+    use crate::crypto::Drbg;
 
     fn enrolled() -> EstState {
-        let mut rng = Drbg::from_seed(5);
-        let ca = CertificateIssuer::new_root_ca(
-            KeyPair::generate(&mut rng).unwrap(),
-            "CN=EST CA",
-            UtcTime::from_unix_seconds(1_700_000_000),
-            UtcTime::from_unix_seconds(1_800_000_000),
-            &mut rng,
-        )
-        .unwrap();
-        let key = KeyPair::generate(&mut rng).unwrap();
-        let t = CertificateTemplate {
-            subject: "CN=dev1".into(),
-            serial: CertificateTemplate::random_serial(&mut rng).unwrap(),
-            not_before: UtcTime::from_unix_seconds(1_700_000_000),
-            not_after: UtcTime::from_unix_seconds(1_700_086_400),
-            profile: CertificateProfile::Client,
-        };
-        let cert = ca.issue(key.public_key_der(), &t, &mut rng).unwrap();
-        EstState {
-            key: Some(key),
-            certificate: Some(cert),
-            chain: vec![],
-            cacerts: vec![ca.certificate().clone()],
-            provisioned_at: Some(UtcTime::from_unix_millis(1_700_000_123_456)),
-        }
+        enrolled_for_tests(5)
     }
 
     #[test]

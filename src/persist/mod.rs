@@ -3,13 +3,17 @@
 //! CRC-32). Encoding is pure: parts go to and come from byte buffers; streams and files are
 //! the edges' job (`ffi/`, `io/`). Restoring decodes and validates everything first and only
 //! then replaces the in-memory state, so a bad stream leaves the state exactly as it was.
+//! [`Snapshot`] is all four parts together, restored all-or-nothing.
 
+pub mod attributes;
 pub mod cbor;
 pub mod est;
 pub mod frame;
 pub mod objects;
+pub mod snapshot;
 
 pub use frame::Part;
+pub use snapshot::Snapshot;
 
 /// Why persisting or restoring failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +36,8 @@ pub enum PersistError {
     Malformed(String),
     #[error("an EST operation is in progress; the EST state cannot be persisted now")]
     EstBusy,
+    #[error("restore is only possible before the client starts")]
+    ClientStarted,
 }
 
 impl PersistError {
