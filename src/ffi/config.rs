@@ -182,6 +182,43 @@ impl Refused for estuary_certificate_chain_info_t {
     }
 }
 
+fn info_from_file(filename: *const c_char) -> Result<estuary_certificate_chain_info_t, Refusal> {
+    if filename.is_null() {
+        return Err(Refusal::null("filename"));
+    }
+    Ok(estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_FILE,
+        path: filename,
+        ..estuary_certificate_chain_info_t::EMPTY
+    })
+}
+
+fn info_from_path(path: *const c_char) -> Result<estuary_certificate_chain_info_t, Refusal> {
+    if path.is_null() {
+        return Err(Refusal::null("path"));
+    }
+    Ok(estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_PATH,
+        path,
+        ..estuary_certificate_chain_info_t::EMPTY
+    })
+}
+
+fn info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> Result<estuary_certificate_chain_info_t, Refusal> {
+    if data.is_null() && size != 0 {
+        return Err(Refusal::null("data"));
+    }
+    Ok(estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_BUFFER,
+        data,
+        size,
+        ..estuary_certificate_chain_info_t::EMPTY
+    })
+}
+
 /// Certificates from a file (one DER certificate or PEM certificates), e.g. for
 /// estuary_configuration_t.trust_store_certs. The name is read by estuary_new(). NULL gives
 /// the empty chain (and a log line).
@@ -189,16 +226,7 @@ impl Refused for estuary_certificate_chain_info_t {
 pub extern "C" fn estuary_certificate_chain_info_from_file(
     filename: *const c_char,
 ) -> estuary_certificate_chain_info_t {
-    ffi_boundary!({
-        if filename.is_null() {
-            return Err(Refusal::null("filename"));
-        }
-        Ok(estuary_certificate_chain_info_t {
-            source: ESTUARY_CHAIN_SOURCE_FILE,
-            path: filename,
-            ..estuary_certificate_chain_info_t::EMPTY
-        })
-    })
+    ffi_boundary!({ info_from_file(filename) })
 }
 
 /// Certificates from every file in a directory that holds any (e.g. /etc/ssl/certs).
@@ -207,16 +235,7 @@ pub extern "C" fn estuary_certificate_chain_info_from_file(
 pub extern "C" fn estuary_certificate_chain_info_from_path(
     path: *const c_char,
 ) -> estuary_certificate_chain_info_t {
-    ffi_boundary!({
-        if path.is_null() {
-            return Err(Refusal::null("path"));
-        }
-        Ok(estuary_certificate_chain_info_t {
-            source: ESTUARY_CHAIN_SOURCE_PATH,
-            path,
-            ..estuary_certificate_chain_info_t::EMPTY
-        })
-    })
+    ffi_boundary!({ info_from_path(path) })
 }
 
 /// Certificates from a buffer (one DER certificate or PEM certificates), which must stay
@@ -226,17 +245,7 @@ pub extern "C" fn estuary_certificate_chain_info_from_buffer(
     data: *const c_void,
     size: usize,
 ) -> estuary_certificate_chain_info_t {
-    ffi_boundary!({
-        if data.is_null() && size != 0 {
-            return Err(Refusal::null("data"));
-        }
-        Ok(estuary_certificate_chain_info_t {
-            source: ESTUARY_CHAIN_SOURCE_BUFFER,
-            data,
-            size,
-            ..estuary_certificate_chain_info_t::EMPTY
-        })
-    })
+    ffi_boundary!({ info_from_buffer(data, size) })
 }
 
 /// The name a port from Anjay gets for avs_crypto_certificate_chain_info_t (its `avs_`
@@ -249,7 +258,7 @@ pub type estuary_crypto_certificate_chain_info_t = estuary_certificate_chain_inf
 pub extern "C" fn estuary_crypto_certificate_chain_info_from_file(
     filename: *const c_char,
 ) -> estuary_crypto_certificate_chain_info_t {
-    estuary_certificate_chain_info_from_file(filename)
+    ffi_boundary!({ info_from_file(filename) })
 }
 
 /// The same as estuary_certificate_chain_info_from_path() (the port of
@@ -258,7 +267,7 @@ pub extern "C" fn estuary_crypto_certificate_chain_info_from_file(
 pub extern "C" fn estuary_crypto_certificate_chain_info_from_path(
     path: *const c_char,
 ) -> estuary_crypto_certificate_chain_info_t {
-    estuary_certificate_chain_info_from_path(path)
+    ffi_boundary!({ info_from_path(path) })
 }
 
 /// The same as estuary_certificate_chain_info_from_buffer() (the port of
@@ -268,7 +277,7 @@ pub extern "C" fn estuary_crypto_certificate_chain_info_from_buffer(
     data: *const c_void,
     size: usize,
 ) -> estuary_crypto_certificate_chain_info_t {
-    estuary_certificate_chain_info_from_buffer(data, size)
+    ffi_boundary!({ info_from_buffer(data, size) })
 }
 
 /// EST certificate renewal (SPEC 4.4). Re-enrollment starts at
@@ -499,7 +508,7 @@ impl estuary_lwm2m_version_config_t {
 pub extern "C" fn estuary_cert_revocation_list_info_from_file(
     filename: *const c_char,
 ) -> estuary_cert_revocation_list_info_t {
-    estuary_certificate_chain_info_from_file(filename)
+    ffi_boundary!({ info_from_file(filename) })
 }
 
 /// CRLs from every file in a directory that holds any. NULL gives the empty list (and a log
@@ -508,7 +517,7 @@ pub extern "C" fn estuary_cert_revocation_list_info_from_file(
 pub extern "C" fn estuary_cert_revocation_list_info_from_path(
     path: *const c_char,
 ) -> estuary_cert_revocation_list_info_t {
-    estuary_certificate_chain_info_from_path(path)
+    ffi_boundary!({ info_from_path(path) })
 }
 
 /// CRLs from a buffer (one DER CRL, or PEM "X509 CRL" blocks), which must stay valid until
@@ -518,7 +527,7 @@ pub extern "C" fn estuary_cert_revocation_list_info_from_buffer(
     data: *const c_void,
     size: usize,
 ) -> estuary_cert_revocation_list_info_t {
-    estuary_certificate_chain_info_from_buffer(data, size)
+    ffi_boundary!({ info_from_buffer(data, size) })
 }
 
 /// The name a port from Anjay gets for avs_crypto_cert_revocation_list_info_t: the same type
@@ -531,7 +540,7 @@ pub type estuary_crypto_cert_revocation_list_info_t = estuary_cert_revocation_li
 pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_file(
     filename: *const c_char,
 ) -> estuary_crypto_cert_revocation_list_info_t {
-    estuary_certificate_chain_info_from_file(filename)
+    ffi_boundary!({ info_from_file(filename) })
 }
 
 /// The same as estuary_cert_revocation_list_info_from_path() (the port of
@@ -540,7 +549,7 @@ pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_file(
 pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_path(
     path: *const c_char,
 ) -> estuary_crypto_cert_revocation_list_info_t {
-    estuary_certificate_chain_info_from_path(path)
+    ffi_boundary!({ info_from_path(path) })
 }
 
 /// The same as estuary_cert_revocation_list_info_from_buffer() (the port of
@@ -550,7 +559,7 @@ pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_buffer(
     data: *const c_void,
     size: usize,
 ) -> estuary_crypto_cert_revocation_list_info_t {
-    estuary_certificate_chain_info_from_buffer(data, size)
+    ffi_boundary!({ info_from_buffer(data, size) })
 }
 
 fn or_default(v: usize, default: usize) -> usize {
