@@ -187,7 +187,13 @@ typedef struct estuary_t estuary_t;
  * an invalid duration, see ESTUARY_TIME_DURATION_INVALID.
  */
 typedef struct estuary_time_duration_t {
+    /**
+     * Whole seconds (negative for a negative duration).
+     */
     int64_t seconds;
+    /**
+     * Nanoseconds added to `seconds`: 0 to 999999999 in a valid duration.
+     */
     int32_t nanoseconds;
 } estuary_time_duration_t;
 
@@ -291,7 +297,13 @@ typedef struct estuary_coap_udp_tx_params_t {
  * `max` fails the handshake. Both more than zero, min <= max. RFC default: 1 s and 60 s.
  */
 typedef struct estuary_dtls_handshake_timeouts_t {
+    /**
+     * Wait before the first retransmission of a handshake flight.
+     */
     struct estuary_time_duration_t min;
+    /**
+     * The longest wait; a flight still unanswered after it fails the handshake.
+     */
     struct estuary_time_duration_t max;
 } estuary_dtls_handshake_timeouts_t;
 

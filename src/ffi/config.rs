@@ -51,7 +51,9 @@ pub const ESTUARY_COAP_UDP_TX_PARAMS_DEFAULT: estuary_coap_udp_tx_params_t =
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct estuary_dtls_handshake_timeouts_t {
+    /// Wait before the first retransmission of a handshake flight.
     pub min: estuary_time_duration_t,
+    /// The longest wait; a flight still unanswered after it fails the handshake.
     pub max: estuary_time_duration_t,
 }
 
