@@ -397,11 +397,13 @@ pub struct estuary_configuration_t {
     /// One of ESTUARY_EST_CACERTS_*. 0 (default):
     /// ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
     pub est_cacerts_policy: estuary_est_cacerts_policy_t,
-    /// Certificate revocation lists applied whenever a certificate chain is verified against
-    /// the trust anchors (DER, or PEM "X509 CRL" blocks; a directory: every file holding
-    /// CRLs). A certificate a CRL lists is refused; a CRL counts only if its issuer signed it.
-    /// Make it with estuary_cert_revocation_list_info_from_*(). Zeroed (default): none.
-    /// Read by estuary_new().
+    /// Certificate revocation lists (DER, or PEM "X509 CRL" blocks; a directory: every file
+    /// holding CRLs), kept with trust_store_certs and applied when Estuary verifies a chain
+    /// against them itself (the certificate an EST server issues): a certificate a CRL lists
+    /// is refused; a CRL counts only if the CA it names signed it; a CRL past its nextUpdate
+    /// still revokes what it lists. Not yet applied inside DTLS handshakes. Make it with
+    /// estuary_cert_revocation_list_info_from_*(). Zeroed (default): none. Read by
+    /// estuary_new(); malformed CRLs make it return NULL with a log line.
     pub trust_store_crls: estuary_cert_revocation_list_info_t,
     /// The LwM2M versions the client may use. This build speaks LwM2M 1.1 (its Register
     /// says lwm2m=1.1), so the range must include ESTUARY_LWM2M_VERSION_1_1: estuary_new()
