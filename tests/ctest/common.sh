@@ -42,10 +42,23 @@ fail() {
     exit 1
 }
 
-# A free UDP/TCP port on 127.0.0.1, asked from the kernel.
+# A port on 127.0.0.1 that is free for both UDP and TCP right now, asked from the kernel.
+# Another test may still take it before the server binds it: start_testserver retries.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $(( 20000 + RANDOM % 20000 ))
+    python3 -c '
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    port = u.getsockname()[1]
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        t.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+' 2>/dev/null || echo $(( 20000 + RANDOM % 20000 ))
 }
 
 # set_lwm2m_port CONFIG PORT: point the state directory's LwM2M server at PORT.
@@ -62,35 +75,50 @@ set_coaps_port() {
 # $START_HOOK CONFIG ARG first when set); sets LWM2M_PORT, BS_PORT, BS_COAPS_PORT,
 # COAPS_PORT and CONTROL, and waits until the control API answers.
 start_testserver() {
-    local bin=$1 ep=$3
+    local bin=$1 ep=$3 attempt
     WORK=$2
     rm -rf "$WORK"
     mkdir -p "$WORK"
     "$bin" init --dir "$WORK/state" --endpoint "$ep" > "$WORK/init.log"
-    LWM2M_PORT=$(free_port)
-    CONTROL="127.0.0.1:$(free_port)"
-    set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
-    COAPS_PORT=$(free_port)
-    set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
-    # Bootstrap ports too, so tests running in parallel never share one.
-    BS_PORT=$(free_port)
-    BS_COAPS_PORT=$(free_port)
-    sed -i "s/^bootstrap_coap = .*/bootstrap_coap = $BS_PORT/" "$WORK/state/config.toml"
-    sed -i "s/^bootstrap_coaps = .*/bootstrap_coaps = $BS_COAPS_PORT/" "$WORK/state/config.toml"
-    # A driver may adjust the state directory before the server starts.
-    if [ -n "${START_HOOK:-}" ]; then
-        "$START_HOOK" "$WORK/state/config.toml" "${4:-}"
-    fi
-    "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
-    PIDS+=("$!")
-    local i
-    for i in $(seq 1 100); do
-        if "$bin" clients --control "$CONTROL" > /dev/null 2>&1; then
-            return 0
+    # Tests run in parallel: a port found free may be taken before the server binds it, so
+    # a bind failure picks new ports and starts again (a few times).
+    for attempt in 1 2 3 4 5; do
+        LWM2M_PORT=$(free_port)
+        CONTROL="127.0.0.1:$(free_port)"
+        set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
+        COAPS_PORT=$(free_port)
+        set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
+        BS_PORT=$(free_port)
+        BS_COAPS_PORT=$(free_port)
+        sed -i "s/^bootstrap_coap = .*/bootstrap_coap = $BS_PORT/" "$WORK/state/config.toml"
+        sed -i "s/^bootstrap_coaps = .*/bootstrap_coaps = $BS_COAPS_PORT/" "$WORK/state/config.toml"
+        # A driver may adjust the state directory before the server starts.
+        if [ -n "${START_HOOK:-}" ]; then
+            "$START_HOOK" "$WORK/state/config.toml" "${4:-}"
         fi
-        sleep 0.1
+        "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
+        local pid=$!
+        local i
+        for i in $(seq 1 100); do
+            if "$bin" clients --control "$CONTROL" > /dev/null 2>&1; then
+                PIDS+=("$pid")
+                return 0
+            fi
+            if ! kill -0 "$pid" 2>/dev/null; then
+                break
+            fi
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            PIDS+=("$pid")
+            fail "test server did not come up"
+        fi
+        wait "$pid" 2>/dev/null || true
+        grep -q "Address already in use" "$WORK/server.log" \
+            || fail "test server exited at start"
+        echo "ports taken meanwhile (attempt $attempt); retrying with new ones" >&2
     done
-    fail "test server did not come up"
+    fail "test server could not bind free ports"
 }
 
 # wait_for_event FILE EVENT ENDPOINT SECONDS
