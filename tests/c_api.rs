@@ -659,6 +659,7 @@ fn c_api_persistence() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{}", stdout.trim());
+}
 
 /// The seed's CF-EST configuration blocks (seeds/004 10.3.3.3 and 10.3.3.4) with only the
 /// Anjay/avs prefixes changed: `tests/c/seed_config.c` compiles with `-Werror`, the software
