@@ -329,7 +329,8 @@ typedef struct estuary_est_reenroll_config_t {
      */
     struct estuary_time_duration_t max_margin;
     /**
-     * Retries after a failed first attempt.
+     * Retries after a failed first attempt; 0 means the default (10), so a configuration
+     * written for Anjay's struct, which lacks this field, keeps retrying.
      */
     uint32_t sren_attempts_count;
     /**

@@ -297,7 +297,8 @@ pub struct estuary_est_reenroll_config_t {
     pub nominal_usage: f64,
     /// Start at the latest this long before expiry; zero or negative: no limit.
     pub max_margin: estuary_time_duration_t,
-    /// Retries after a failed first attempt.
+    /// Retries after a failed first attempt; 0 means the default (10), so a configuration
+    /// written for Anjay's struct, which lacks this field, keeps retrying.
     pub sren_attempts_count: u32,
     /// Make a new key pair for each re-enrollment (committed only when the new certificate
     /// arrives).
@@ -338,7 +339,10 @@ impl estuary_est_reenroll_config_t {
             enable: self.enable,
             nominal_usage: self.nominal_usage,
             max_margin,
-            sren_attempts_count: self.sren_attempts_count,
+            sren_attempts_count: match self.sren_attempts_count {
+                0 => ReenrollConfig::default().sren_attempts_count,
+                n => n,
+            },
             rekey: self.rekey,
         })
     }
@@ -933,7 +937,21 @@ mod tests {
             Some(Duration::from_secs(7 * 86_400))
         );
         assert!(d.client.est_reenroll.rekey);
+        assert_eq!(d.client.est_reenroll.sren_attempts_count, 3);
         assert_eq!(d.client.est_cacerts_policy, CacertsPolicy::ForEstSecurity);
+
+        // The seed's block (Anjay's struct has no sren_attempts_count) leaves it 0: default.
+        let seed = estuary_est_reenroll_config_t {
+            sren_attempts_count: 0,
+            ..re
+        };
+        c.est_reenroll_config = &seed;
+        // SAFETY: as above.
+        let d = unsafe { c.to_driver_config() }.map_err(|r| r.code).unwrap();
+        assert_eq!(
+            d.client.est_reenroll.sren_attempts_count,
+            ReenrollConfig::default().sren_attempts_count
+        );
 
         // A zero or negative margin means "no limit"; a broken duration is refused.
         let mut no_limit = re;
