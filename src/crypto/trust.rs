@@ -43,6 +43,15 @@ impl TrustStore {
         Ok(store)
     }
 
+    /// The same CRLs with no trust anchor: for a connection that trusts one given anchor
+    /// only (Certificate Usage 2) yet must still honour revocations.
+    pub fn crls_only(&self) -> TrustStore {
+        TrustStore {
+            certs: Vec::new(),
+            crls: self.crls.clone(),
+        }
+    }
+
     /// Adds a certificate; returns false if it was already trusted.
     pub fn add(&mut self, cert: Certificate) -> bool {
         if self.contains(&cert) {
@@ -631,6 +640,22 @@ miQO+fipzdhw6kKiphNwS99DuyZaAiB0tKFNgStb02paB1MbHKxN4wNeUMhwvFjY
         store
             .verify_chain(std::slice::from_ref(&good), at(4_000_000_000))
             .unwrap();
+    }
+
+    #[test]
+    fn a_store_keeping_only_the_crls_still_revokes_under_a_new_anchor() {
+        let revoked = Certificate::from_pem(CRL_REVOKED.as_bytes()).unwrap();
+        let ca = Certificate::from_pem(CRL_CA.as_bytes()).unwrap();
+        let mut store = TrustStore::from_bytes(CRL_CA.as_bytes()).unwrap();
+        store.add_crl_bytes(CRL.as_bytes()).unwrap();
+        let mut pinned = store.crls_only();
+        assert!(pinned.is_empty());
+        assert_eq!(pinned.crl_count(), 1);
+        pinned.add(ca);
+        let err = pinned
+            .verify_chain(std::slice::from_ref(&revoked), at(1_798_761_600))
+            .unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
     }
 
     #[test]

@@ -402,10 +402,11 @@ pub struct estuary_configuration_t {
     /// ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
     pub est_cacerts_policy: estuary_est_cacerts_policy_t,
     /// Certificate revocation lists (DER, or PEM "X509 CRL" blocks; a directory: every file
-    /// holding CRLs), kept with trust_store_certs and applied when Estuary verifies a chain
-    /// against them itself (the certificate an EST server issues): a certificate a CRL lists
-    /// is refused; a CRL counts only if the CA it names signed it; a CRL past its nextUpdate
-    /// still revokes what it lists. Not yet applied inside DTLS handshakes. Make it with
+    /// holding CRLs), kept with trust_store_certs and applied wherever a chain is verified:
+    /// the peer's certificate in DTLS handshakes (Certificate Usage 0, 1 and 2) and the
+    /// certificate an EST server issues. A certificate a CRL lists is refused; a CRL counts
+    /// only if the CA it names signed it; a CRL past its nextUpdate still revokes what it
+    /// lists. Make it with
     /// estuary_cert_revocation_list_info_from_*(). Zeroed (default): none. Read by
     /// estuary_new(); malformed CRLs make it return NULL with a log line.
     pub trust_store_crls: estuary_cert_revocation_list_info_t,
