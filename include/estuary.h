@@ -563,7 +563,13 @@ typedef struct estuary_est_status_t {
      * The certificate's serial number in hex; NUL-terminated.
      */
     char serial[64];
+    /**
+     * The certificate's notBefore.
+     */
     int64_t not_before;
+    /**
+     * The certificate's notAfter.
+     */
     int64_t not_after;
     /**
      * When the certificate was installed (the start of the re-enrollment schedule).
@@ -1253,7 +1259,10 @@ bool estuary_attr_storage_is_modified(struct estuary_t *estuary);
  * provisioning time) to `out_stream`. The stream then holds a private key: use a 0600 file
  * or protected flash. While a bootstrap or EST exchange is in flight (see
  * estuary_est_state_is_ready_for_persistence()) it returns ESTUARY_ERR_STATE, logs why and
- * writes nothing: keep the previously persisted state then.
+ * writes nothing: keep the previously persisted state then (a file stream opened with
+ * ESTUARY_STREAM_FILE_WRITE was already truncated when it was opened; check
+ * estuary_est_state_is_ready_for_persistence() first, or use
+ * estuary_persistence_save_file(), which leaves the old file in place).
  */
 int estuary_est_state_persist(struct estuary_t *estuary, struct estuary_stream_t *out_stream);
 
