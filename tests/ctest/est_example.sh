@@ -141,6 +141,11 @@ grep -q "03-est: restored" "$WORK/run2.log" || fail "03-est did not restore: $(h
 "$server_bin" client "$ep" --control "$CONTROL" > "$WORK/client2.json"
 grep -q '"security_mode":"est"' "$WORK/client2.json" \
     || fail "run 2 not registered in mode 4: $(cat "$WORK/client2.json")"
+# The certificate presented is the last one the CA issued: the one from the file.
+issued=$(grep '"event":"enrolled"' "$events" | grep "\"ep\":\"$ep\"" | tail -n 1 \
+    | sed -n 's/.*"not_after":"\([^"]*\)".*/\1/p')
+grep -q "\"certificate_not_after\":\"$issued\"" "$WORK/client2.json" \
+    || fail "run 2 did not present the certificate issued last (notAfter $issued): $(cat "$WORK/client2.json")"
 stop_example "$pid" "$WORK/run2.log"
 wait_count deregistered 2 10
 [ "$(count bootstrap_requested)" -eq 1 ] || fail "more than one Bootstrap-Request in all"
