@@ -12,7 +12,9 @@
  * Everything the device learnt lives in one persistence file. At start the file is restored
  * (a missing file means "first boot": bootstrap with the factory credentials); it is written
  * again whenever something changed and no EST exchange is in flight (checked once a second),
- * every few minutes, and on SIGINT/SIGTERM before the client de-registers.
+ * every few minutes, and on SIGINT/SIGTERM before the client de-registers. A server's
+ * Execute of Reboot (/3/0/4) ends the program the same way (exit code 0): starting it again
+ * is the reboot.
  *
  *   03-est ENDPOINT_NAME [-u BOOTSTRAP_URI] [-c CREDS_DIR] [-p PERSISTENCE_FILE] [-h]
  *
