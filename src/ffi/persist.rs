@@ -316,12 +316,23 @@ pub unsafe extern "C" fn estuary_persistence_restore_file(
         unsafe {
             with_estuary(estuary, |inner| {
                 not_running(inner)?;
-                let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        Refusal::new(ESTUARY_ERR_NOT_FOUND, format!("{path} does not exist"))
+                let bytes = match std::fs::read(&path) {
+                    Ok(b) => b,
+                    // A first start, not a fault: said at info level, not as an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        log::info!(
+                            target: "estuary::ffi",
+                            "estuary_persistence_restore_file: {path} does not exist; nothing to restore"
+                        );
+                        return Ok(ESTUARY_ERR_NOT_FOUND);
                     }
-                    _ => Refusal::new(ESTUARY_ERR_IO, format!("cannot read {path}: {e}")),
-                })?;
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            ESTUARY_ERR_IO,
+                            format!("cannot read {path}: {e}"),
+                        ))
+                    }
+                };
                 let snap = Snapshot::decode(&bytes).map_err(|e| {
                     let r = Refusal::from(e);
                     Refusal::new(r.code, format!("{path}: {}", r.message))

@@ -923,8 +923,15 @@ static void check_persistence(void) {
                   "estuary_persistence_restore_file");
     CHECK_REFUSED(estuary_persistence_restore_file(e, NULL), ESTUARY_ERR_NULL_ARGUMENT,
                   "estuary_persistence_restore_file");
-    CHECK_REFUSED(estuary_persistence_restore_file(e, "/nonexistent/estuary.state"),
-                  ESTUARY_ERR_NOT_FOUND, "estuary_persistence_restore_file");
+    /* A missing file is a first start: NOT_FOUND, said at INFO level, not as an error. */
+    {
+        int before_ = g_log.count;
+        CHECK_RC(estuary_persistence_restore_file(e, "/nonexistent/estuary.state"),
+                 ESTUARY_ERR_NOT_FOUND);
+        CHECK(g_log.count > before_);
+        CHECK(g_log.last_level == ESTUARY_LOG_INFO);
+        CHECK(strstr(g_log.last_message, "does not exist") != NULL);
+    }
     int before = g_log.count;
     CHECK(!estuary_persistence_is_modified(NULL));
     CHECK(!estuary_est_state_is_ready_for_persistence(NULL));
