@@ -187,7 +187,13 @@ typedef struct estuary_t estuary_t;
  * an invalid duration, see ESTUARY_TIME_DURATION_INVALID.
  */
 typedef struct estuary_time_duration_t {
+    /**
+     * Whole seconds (negative for a negative duration).
+     */
     int64_t seconds;
+    /**
+     * Nanoseconds added to `seconds`: 0 to 999999999 in a valid duration.
+     */
     int32_t nanoseconds;
 } estuary_time_duration_t;
 
@@ -242,6 +248,25 @@ typedef struct estuary_certificate_chain_info_t {
 } estuary_certificate_chain_info_t;
 
 /**
+ * The name a port from Anjay gets for avs_crypto_certificate_chain_info_t (its `avs_`
+ * prefix replaced): the same type as estuary_certificate_chain_info_t.
+ */
+typedef struct estuary_certificate_chain_info_t estuary_crypto_certificate_chain_info_t;
+
+/**
+ * Certificate revocation lists to load (as Anjay's avs_crypto_cert_revocation_list_info_t),
+ * made with an estuary_cert_revocation_list_info_from_*() helper; same shape and lifetime
+ * rules as estuary_certificate_chain_info_t, whose `source` constants it uses.
+ */
+typedef struct estuary_certificate_chain_info_t estuary_cert_revocation_list_info_t;
+
+/**
+ * The name a port from Anjay gets for avs_crypto_cert_revocation_list_info_t: the same type
+ * as estuary_cert_revocation_list_info_t.
+ */
+typedef estuary_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_t;
+
+/**
  * CoAP transmission parameters over UDP (RFC 7252 section 4.8). Unlike the configuration
  * struct, a given parameter struct is taken as it is: every field must be valid.
  */
@@ -272,7 +297,13 @@ typedef struct estuary_coap_udp_tx_params_t {
  * `max` fails the handshake. Both more than zero, min <= max. RFC default: 1 s and 60 s.
  */
 typedef struct estuary_dtls_handshake_timeouts_t {
+    /**
+     * Wait before the first retransmission of a handshake flight.
+     */
     struct estuary_time_duration_t min;
+    /**
+     * The longest wait; a flight still unanswered after it fails the handshake.
+     */
     struct estuary_time_duration_t max;
 } estuary_dtls_handshake_timeouts_t;
 
@@ -298,7 +329,8 @@ typedef struct estuary_est_reenroll_config_t {
      */
     struct estuary_time_duration_t max_margin;
     /**
-     * Retries after a failed first attempt.
+     * Retries after a failed first attempt; 0 means the default (10), so a configuration
+     * written for Anjay's struct, which lacks this field, keeps retrying.
      */
     uint32_t sren_attempts_count;
     /**
@@ -313,6 +345,37 @@ typedef struct estuary_est_reenroll_config_t {
  * ESTUARY_EST_CACERTS_* constants (SPEC 4.3).
  */
 typedef int estuary_est_cacerts_policy_t;
+
+/**
+ * An LwM2M protocol version: one of the ESTUARY_LWM2M_VERSION_* constants.
+ */
+typedef int estuary_lwm2m_version_t;
+
+/**
+ * The range of LwM2M versions the client may use (as Anjay's anjay_lwm2m_version_config_t).
+ */
+typedef struct estuary_lwm2m_version_config_t {
+    /**
+     * The oldest version allowed; one of ESTUARY_LWM2M_VERSION_*.
+     */
+    estuary_lwm2m_version_t minimum_version;
+    /**
+     * The newest version allowed; one of ESTUARY_LWM2M_VERSION_*, not older than
+     * minimum_version.
+     */
+    estuary_lwm2m_version_t maximum_version;
+} estuary_lwm2m_version_config_t;
+
+/**
+ * Returns the hardware-engine address at which the CA certificate `x509_der_data` (DER,
+ * `x509_der_data_size` bytes) from /est/crts is to be stored, or NULL to refuse it; `arg` is
+ * estuary_configuration_t.est_engine_cacerts_address_gen_cb_arg. The string is copied, so a
+ * buffer may be reused between calls. (Engines are not in this build; see the
+ * configuration field.)
+ */
+typedef const char *(*estuary_est_engine_cacert_address_gen_t)(void *arg,
+                                                               const void *x509_der_data,
+                                                               size_t x509_der_data_size);
 
 /**
  * Configuration for estuary_new(). Fill it with a designated initializer; every field
@@ -373,6 +436,44 @@ typedef struct estuary_configuration_t {
      * ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
      */
     estuary_est_cacerts_policy_t est_cacerts_policy;
+    /**
+     * Certificate revocation lists (DER, or PEM "X509 CRL" blocks; a directory: every file
+     * holding CRLs), kept with trust_store_certs and applied wherever a chain is verified:
+     * the peer's certificate in DTLS handshakes (Certificate Usage 0, 1 and 2) and the
+     * certificate an EST server issues. A certificate a CRL lists is refused; a CRL counts
+     * only if the CA it names signed it; a CRL past its nextUpdate still revokes what it
+     * lists. Make it with
+     * estuary_cert_revocation_list_info_from_*(). Zeroed (default): none. Read by
+     * estuary_new(); malformed CRLs make it return NULL with a log line.
+     */
+    estuary_cert_revocation_list_info_t trust_store_crls;
+    /**
+     * The LwM2M versions the client may use. This build speaks LwM2M 1.1 (its Register
+     * says lwm2m=1.1), so the range must include ESTUARY_LWM2M_VERSION_1_1: estuary_new()
+     * refuses any other range with a log line. NULL (default): 1.0 to 1.1.
+     */
+    const struct estuary_lwm2m_version_config_t *lwm2m_version_config;
+    /**
+     * Hardware security engine address (e.g. a PKCS#11 URI) where EST generates the key
+     * pair. Engines are not in this build: a non-NULL value makes estuary_new() return NULL
+     * with a log line saying so. NULL (default): keys in memory, persisted with the EST state.
+     */
+    const char *est_engine_key_address;
+    /**
+     * Engine address where the EST certificate is stored. Not in this build: non-NULL makes
+     * estuary_new() return NULL with a log line. NULL (default): in memory, persisted.
+     */
+    const char *est_engine_cert_address;
+    /**
+     * Gives the engine address for each CA certificate from /est/crts. Not in this build:
+     * non-NULL makes estuary_new() return NULL with a log line. NULL (default): in memory.
+     */
+    estuary_est_engine_cacert_address_gen_t est_engine_cacerts_address_gen_cb;
+    /**
+     * The argument passed to est_engine_cacerts_address_gen_cb. Not in this build: non-NULL
+     * makes estuary_new() return NULL with a log line. NULL (default).
+     */
+    void *est_engine_cacerts_address_gen_cb_arg;
 } estuary_configuration_t;
 
 /**
@@ -563,7 +664,13 @@ typedef struct estuary_est_status_t {
      * The certificate's serial number in hex; NUL-terminated.
      */
     char serial[64];
+    /**
+     * The certificate's notBefore.
+     */
     int64_t not_before;
+    /**
+     * The certificate's notAfter.
+     */
     int64_t not_after;
     /**
      * When the certificate was installed (the start of the re-enrollment schedule).
@@ -850,6 +957,21 @@ typedef uint16_t estuary_riid_t;
 #define ESTUARY_EST_CACERTS_ALWAYS 5
 
 /**
+ * LwM2M 1.0.
+ */
+#define ESTUARY_LWM2M_VERSION_1_0 0
+
+/**
+ * LwM2M 1.1, the version this build speaks.
+ */
+#define ESTUARY_LWM2M_VERSION_1_1 1
+
+/**
+ * LwM2M 1.2.
+ */
+#define ESTUARY_LWM2M_VERSION_1_2 2
+
+/**
  * "No ID": as the input of an *_add_instance() call, "choose the lowest free ID".
  */
 #define ESTUARY_ID_INVALID 65535
@@ -1050,6 +1172,64 @@ struct estuary_certificate_chain_info_t estuary_certificate_chain_info_from_buff
                                                                                    size_t size);
 
 /**
+ * The same as estuary_certificate_chain_info_from_file(), under the name a port of
+ * avs_crypto_certificate_chain_info_from_file() gets when its `avs_` prefix is replaced.
+ */
+estuary_crypto_certificate_chain_info_t estuary_crypto_certificate_chain_info_from_file(const char *filename);
+
+/**
+ * The same as estuary_certificate_chain_info_from_path() (the port of
+ * avs_crypto_certificate_chain_info_from_path()).
+ */
+estuary_crypto_certificate_chain_info_t estuary_crypto_certificate_chain_info_from_path(const char *path);
+
+/**
+ * The same as estuary_certificate_chain_info_from_buffer() (the port of
+ * avs_crypto_certificate_chain_info_from_buffer()).
+ */
+estuary_crypto_certificate_chain_info_t estuary_crypto_certificate_chain_info_from_buffer(const void *data,
+                                                                                          size_t size);
+
+/**
+ * CRLs from a file (one DER CRL, or PEM "X509 CRL" blocks), for
+ * estuary_configuration_t.trust_store_crls. The name is read by estuary_new(). NULL gives
+ * the empty list (and a log line).
+ */
+estuary_cert_revocation_list_info_t estuary_cert_revocation_list_info_from_file(const char *filename);
+
+/**
+ * CRLs from every file in a directory that holds any. NULL gives the empty list (and a log
+ * line).
+ */
+estuary_cert_revocation_list_info_t estuary_cert_revocation_list_info_from_path(const char *path);
+
+/**
+ * CRLs from a buffer (one DER CRL, or PEM "X509 CRL" blocks), which must stay valid until
+ * estuary_new() returns. NULL with a non-zero size gives the empty list (and a log line).
+ */
+estuary_cert_revocation_list_info_t estuary_cert_revocation_list_info_from_buffer(const void *data,
+                                                                                  size_t size);
+
+/**
+ * The same as estuary_cert_revocation_list_info_from_file() (the port of
+ * avs_crypto_cert_revocation_list_info_from_file()).
+ */
+estuary_crypto_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_from_file(const char *filename);
+
+/**
+ * The same as estuary_cert_revocation_list_info_from_path() (the port of
+ * avs_crypto_cert_revocation_list_info_from_path()).
+ */
+estuary_crypto_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_from_path(const char *path);
+
+/**
+ * The same as estuary_cert_revocation_list_info_from_buffer() (the port of
+ * avs_crypto_cert_revocation_list_info_from_buffer()).
+ */
+estuary_crypto_cert_revocation_list_info_t estuary_crypto_cert_revocation_list_info_from_buffer(const void *data,
+                                                                                                size_t size);
+
+/**
  * Creates a client from `config` (see estuary_configuration_t for each field). Nothing is
  * sent until estuary_event_loop_run(). Returns NULL, with a log line saying why, when
  * `config` is NULL or invalid (e.g. a NULL or invalid endpoint name) or when the operating
@@ -1100,6 +1280,46 @@ int estuary_schedule_registration_update(struct estuary_t *estuary, estuary_ssid
  * Bootstrap-Server account.
  */
 int estuary_schedule_bootstrap_request(struct estuary_t *estuary);
+
+/**
+ * Writes the file descriptors of the UDP sockets the client uses now to
+ * `fds[0 .. *inout_count)`: on input `*inout_count` is the capacity of `fds`, on output
+ * the number written. Wait for them to become readable (POLLIN) and pass each readable one
+ * to estuary_serve(). The set changes after estuary_serve() and estuary_sched_run()
+ * (connections open and close), so call this on every loop iteration; it is empty until
+ * the first estuary_sched_run() starts the client. `fds` may be NULL when the capacity is
+ * 0. Returns 0; ESTUARY_ERR_NO_SPACE when `fds` is too small, with the count needed
+ * written to `*inout_count` (and nothing to `fds`); ESTUARY_ERR_NULL_ARGUMENT for a NULL
+ * `estuary` or `inout_count`, or a NULL `fds` with a non-zero capacity. The descriptors
+ * belong to Estuary: do not read from or close them.
+ */
+int estuary_get_sockets(struct estuary_t *estuary, int *fds, size_t *inout_count);
+
+/**
+ * Reads and handles what arrived on `fd`, one of the descriptors from
+ * estuary_get_sockets() that poll() reported readable, and sends what follows (responses,
+ * the next DTLS flight). Reading stops when the socket has nothing more, so a call never
+ * blocks. Returns 0, or ESTUARY_ERR_INVALID_ARGUMENT when `fd` is not one of the client's
+ * sockets (e.g. a descriptor from before a connection was closed).
+ */
+int estuary_serve(struct estuary_t *estuary, int fd);
+
+/**
+ * How many milliseconds the loop may wait before estuary_sched_run() has work, at most
+ * `limit_ms` (also when nothing is scheduled). Rounded up, so waiting this long never
+ * wakes the loop too early; 0 means "run estuary_sched_run() now", as before the client
+ * has started. `limit_ms` must be 0 or more; returns ESTUARY_ERR_INVALID_ARGUMENT (and
+ * logs) for a negative limit, or another negative ESTUARY_ERR_* code on failure.
+ */
+int64_t estuary_sched_calculate_wait_time_ms(struct estuary_t *estuary, int64_t limit_ms);
+
+/**
+ * Starts the client on the first call (it registers with every server of the Security and
+ * Server objects, as the first estuary_event_loop_run() does), then runs every timer that
+ * is due (retransmissions, registration updates, re-enrollment, ...) and sends what they
+ * produce. Returns 0, or ESTUARY_ERR_CONFIG when no server account can be used.
+ */
+int estuary_sched_run(struct estuary_t *estuary);
 
 /**
  * Installs the Security object (/0), empty. Calling it again does nothing. Returns 0.
@@ -1253,7 +1473,10 @@ bool estuary_attr_storage_is_modified(struct estuary_t *estuary);
  * provisioning time) to `out_stream`. The stream then holds a private key: use a 0600 file
  * or protected flash. While a bootstrap or EST exchange is in flight (see
  * estuary_est_state_is_ready_for_persistence()) it returns ESTUARY_ERR_STATE, logs why and
- * writes nothing: keep the previously persisted state then.
+ * writes nothing: keep the previously persisted state then (a file stream opened with
+ * ESTUARY_STREAM_FILE_WRITE was already truncated when it was opened; check
+ * estuary_est_state_is_ready_for_persistence() first, or use
+ * estuary_persistence_save_file(), which leaves the old file in place).
  */
 int estuary_est_state_persist(struct estuary_t *estuary, struct estuary_stream_t *out_stream);
 

@@ -18,7 +18,7 @@ use crate::dm::{link, DataModel, Object, Path};
 use crate::dtls::HandshakeTimers;
 use crate::error::Error;
 use crate::est::{CacertsPolicy, ReenrollConfig};
-use crate::lwm2m::registration::{RegistrationParams, SessionEvent};
+use crate::lwm2m::registration::{RegistrationParams, RetryPolicy, SessionEvent};
 use crate::lwm2m::server_dm::ServerDm;
 use crate::lwm2m::transport::{ChannelEvent, SecureChannel};
 use crate::lwm2m::{RegistrationState, ServerSession, ServerUri};
@@ -602,6 +602,9 @@ impl Client {
         for i in 0..self.sessions.len() {
             let ssid = self.sessions[i].ssid;
             let params = self.registration_params(ssid, &links);
+            if let Some(srv) = self.dm.server.by_ssid(ssid) {
+                self.sessions[i].set_retry_policy(RetryPolicy::from_server(srv));
+            }
             if !self.shutting_down {
                 if let Some(params) = &params {
                     self.sessions[i].on_timeout(now.mono, params);
@@ -675,6 +678,8 @@ impl Client {
     /// Answers a request from a management server out of the data model, and tells every
     /// server's observations what it changed.
     fn handle_request(&mut self, now: Now, ssid: u16, req: &InboundRequest) -> coap::Packet {
+        let has_bootstrap = self.has_bootstrap_account();
+        self.dm.server.set_bootstrap_account_present(has_bootstrap);
         let dm = &mut self.dm;
         let state = self
             .server_dm
@@ -757,8 +762,20 @@ impl Client {
         }
     }
 
-    /// Registration Update Triggers and Disables executed on the Server object.
+    /// Registration Update Triggers, Disables and Bootstrap-Request Triggers executed on
+    /// the Server object.
     fn apply_server_actions(&mut self, now: Now) {
+        let bootstrap_triggers = self.dm.server.take_bootstrap_triggers();
+        if let Some(ssid) = bootstrap_triggers.first() {
+            info!("ssid={ssid} executed the Bootstrap-Request Trigger; bootstrapping");
+            // The Execute's 2.04 is queued on the session about to be closed: send it first.
+            self.flush_and_close_management_channels(now);
+            match self.begin_bootstrap(now, true) {
+                Ok(()) => self.drive_bootstrap(now),
+                Err(e) => warn!("Bootstrap-Request Trigger: cannot bootstrap: {e}"),
+            }
+            return;
+        }
         for ssid in self.dm.server.take_update_triggers() {
             if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
                 s.request_update();
@@ -767,6 +784,24 @@ impl Client {
         for (ssid, timeout) in self.dm.server.take_disable_requests() {
             if let Some(s) = self.sessions.iter_mut().find(|s| s.ssid == ssid) {
                 s.disable(now.mono, timeout);
+            }
+        }
+    }
+
+    /// Moves what the management sessions have queued (responses) through their channels
+    /// into `pending_raw`, followed by each DTLS session's close_notify, so it still goes
+    /// out when the sessions are dropped.
+    fn flush_and_close_management_channels(&mut self, now: Now) {
+        for i in 0..self.sessions.len() {
+            let conn = Self::conn_of(self.sessions[i].ssid);
+            while let Some(coap) = self.sessions[i].endpoint.poll_transmit() {
+                self.channels[i].send(now, coap);
+            }
+            if self.channels[i].is_secure() && self.channels[i].is_established() {
+                self.channels[i].close(now);
+            }
+            while let Some(d) = self.channels[i].poll_transmit() {
+                self.pending_raw.push_back((conn, d));
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The C API contract from C: `tests/c/api_contract.c`, `dtls_config.c` and `dm_object.c` are compiled against
+//! The C API contract from C: `tests/c/api_contract.c`, `dtls_config.c`, `dm_object.c` and `persist.c` are compiled against
 //! `include/estuary.h` with `-Wall -Wextra -Werror`, linked with the static library C
 //! firmware links (`libestuary.a`), and run; it exits 0 only if every check passed.
 //!
@@ -569,4 +569,138 @@ fn c_api_dtls_fields() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Persistence and the EST status from C: `tests/c/persist.c` restores, re-persists and
+/// damages the four parts of an enrolled client (built here with the crate's PKI code).
+#[test]
+fn c_api_persistence() {
+    use estuary::crypto::{CertificateIssuer, CertificateProfile, CertificateTemplate};
+    use estuary::crypto::{Drbg, KeyPair};
+    use estuary::dm::objects::{SecurityInstance, SecurityMode, ServerInstance};
+    use estuary::time::UtcTime;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api_persist");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the C test directory");
+    let mut rng = Drbg::from_seed(12);
+    let t0 = UtcTime::from_unix_seconds(1_767_225_600);
+    let days = |d: i64| UtcTime::from_unix_seconds(t0.unix_seconds() + d * 86_400);
+    let ca = CertificateIssuer::new_root_ca(
+        KeyPair::generate(&mut rng).unwrap(),
+        "CN=EST CA",
+        days(-1),
+        days(3650),
+        &mut rng,
+    )
+    .unwrap();
+    let key = KeyPair::generate(&mut rng).unwrap();
+    let template = CertificateTemplate {
+        subject: "CN=dev1".into(),
+        serial: CertificateTemplate::random_serial(&mut rng).unwrap(),
+        not_before: days(-1),
+        not_after: days(30),
+        profile: CertificateProfile::Client,
+    };
+    let cert = ca.issue(key.public_key_der(), &template, &mut rng).unwrap();
+    let mut client = estuary::Client::new(
+        estuary::ClientConfig::new("dev1"),
+        Box::new(estuary::rng::SeededRng::new(4)),
+    )
+    .unwrap();
+    let mut bs = SecurityInstance::nosec("coaps://127.0.0.1:5694", 1);
+    bs.bootstrap_server = true;
+    bs.ssid = None;
+    bs.security_mode = SecurityMode::Psk;
+    bs.public_cert_or_psk_identity = b"dev1".to_vec();
+    bs.private_cert_or_psk_key = vec![0x5A; 16];
+    let mut est = SecurityInstance::nosec("coaps://127.0.0.1:5684", 7);
+    est.security_mode = SecurityMode::CertificateWithEst;
+    est.server_public_key = ca.certificate().der().to_vec();
+    let dm = client.data_model_mut();
+    dm.security.insert(0, bs).unwrap();
+    dm.security.insert(1, est).unwrap();
+    dm.server.insert(0, ServerInstance::new(7, 300)).unwrap();
+    let mut attrs = estuary::lwm2m::attributes::AttributeStore::default();
+    attrs
+        .write(
+            &estuary::dm::Path::object(3),
+            &["pmax=60".to_string()],
+            false,
+        )
+        .unwrap();
+    client.restore_attribute_storage([(7, attrs)].into());
+    client.restore_est_state(estuary::est::EstState {
+        key: Some(key),
+        certificate: Some(cert),
+        chain: Vec::new(),
+        cacerts: vec![ca.certificate().clone()],
+        provisioned_at: Some(t0),
+    });
+    let state = dir.join("state.bin");
+    std::fs::write(&state, estuary::persist::Snapshot::encode(&client).unwrap()).unwrap();
+
+    let exe = dir.join("persist");
+    let built = build_c("persist", &exe, &[]);
+    assert!(
+        built.status.success(),
+        "compiling tests/c/persist.c failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let out = Command::new(&exe)
+        .arg(&state)
+        .arg(&dir)
+        .output()
+        .expect("running the C test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(", 0 failed"),
+        "persist.c failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", stdout.trim());
+}
+
+/// The seed's CF-EST configuration blocks (seeds/004 10.3.3.3 and 10.3.3.4) with only the
+/// Anjay/avs prefixes changed: `tests/c/seed_config.c` compiles with `-Werror`, the software
+/// block makes a client (or, without the system CA bundle, fails naming the file), and the
+/// hardware-engine block is refused with a log line. Plain and under ASan/UBSan.
+#[test]
+fn c_seed_configuration_compiles_and_runs() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api");
+    std::fs::create_dir_all(&dir).expect("creating the C test directory");
+    for (variant, flags) in [
+        ("", &[][..]),
+        (
+            "_asan",
+            &[
+                "-fsanitize=address,undefined",
+                "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer",
+            ][..],
+        ),
+    ] {
+        let exe = dir.join(format!("seed_config{variant}"));
+        let built = build_c("seed_config", &exe, flags);
+        if !built.status.success() {
+            let err = String::from_utf8_lossy(&built.stderr);
+            assert!(
+                !variant.is_empty(),
+                "compiling tests/c/seed_config.c failed:\n{err}"
+            );
+            eprintln!("skipping the {flags:?} build (the C compiler refused it):\n{err}");
+            continue;
+        }
+        let out = Command::new(&exe)
+            .arg("seed-dev")
+            .output()
+            .expect("running seed_config");
+        if String::from_utf8_lossy(&out.stderr)
+            .contains("LeakSanitizer has encountered a fatal error")
+        {
+            eprintln!("skipping: LeakSanitizer cannot run in this environment");
+            continue;
+        }
+        assert_passed(&out, &format!("seed_config{variant}"));
+    }
 }

@@ -24,8 +24,8 @@ const DOWN: Direction = Direction::ServerToClient;
 const EP: &str = "sim-client";
 
 /// The client's first registration retry comes this long after a failed attempt and the wait
-/// doubles per further failure (`RETRY_BASE` in `lwm2m/registration.rs`).
-const RETRY_BASE: Duration = Duration::from_secs(30);
+/// doubles per further failure (the default Communication Retry Timer, /1/x/18).
+const RETRY_BASE: Duration = Duration::from_secs(60);
 
 /// 30 % loss each way, 10 % duplication, 30 % of datagrams delayed by up to 2.5 s (longer
 /// than the first retransmission timeout, so originals and retransmissions cross).
@@ -172,10 +172,10 @@ fn registration_completes_over_30_percent_loss_for_50_seeds() {
     // ≥ 0.7 × 0.7 = 0.49 (duplication only helps), so a Register exchange (5 transmissions)
     // fails with probability ≤ 0.51^5 ≈ 3.5 %, and needing more than 4 attempts has
     // probability ≈ 1.5e-6 per seed. We therefore allow 4 attempts: three that fail, each
-    // after at most MAX_TRANSMIT_WAIT (93 s), separated by the back-off 30 s, 60 s, 120 s,
+    // after at most MAX_TRANSMIT_WAIT (93 s), separated by the back-off 60 s, 120 s, 240 s,
     // then one that succeeds at the latest with its last transmission, MAX_TRANSMIT_SPAN
     // (45 s) after it started, plus one round trip at the worst link delay:
-    //   3 × 93 + (30 + 60 + 120) + 45 + 2 × 2.52 ≈ 539 s.
+    //   3 × 93 + (60 + 120 + 240) + 45 + 2 × 2.52 ≈ 749 s.
     let p = TxParams::default();
     let link = lossy_30();
     let backoff = RETRY_BASE + RETRY_BASE * 2 + RETRY_BASE * 4;

@@ -12,13 +12,20 @@
  * Everything the device learnt lives in one persistence file. At start the file is restored
  * (a missing file means "first boot": bootstrap with the factory credentials); it is written
  * again whenever something changed and no EST exchange is in flight (checked once a second),
- * every few minutes, and on SIGINT/SIGTERM before the client de-registers.
+ * every few minutes, and on SIGINT/SIGTERM before the client de-registers. A server's
+ * Execute of Reboot (/3/0/4) ends the program the same way (exit code 0): starting it again
+ * is the reboot.
  *
  *   03-est ENDPOINT_NAME [-u BOOTSTRAP_URI] [-c CREDS_DIR] [-p PERSISTENCE_FILE] [-h]
  *
- * With estuary-testserver: `estuary-testserver init --dir state --endpoint dev1`, set
- * `security_mode = "est"` for dev1 in state/config.toml, `estuary-testserver run --dir
- * state`, then `03-est dev1 -c state/endpoints/dev1`.
+ * With estuary-testserver, from one directory:
+ *   estuary-testserver init --dir estuary-state --endpoint dev1
+ *   (set security_mode = "est" in the [endpoints."dev1"] section of estuary-state/config.toml)
+ *   estuary-testserver run --dir estuary-state --cert-validity 2m &
+ *   03-est dev1
+ * The defaults find the factory credentials in estuary-state/endpoints/dev1/, the server at
+ * coaps://127.0.0.1:5694, and keep the state in dev1.persist (mode 0600: it holds the
+ * private key).
  */
 #define _XOPEN_SOURCE 700
 
@@ -388,7 +395,7 @@ static void report_certificate(estuary_t *e, char last_serial[64], bool *restore
 static void usage(const char *prog) {
     fprintf(stderr,
             "usage: %s ENDPOINT_NAME [-u BOOTSTRAP_URI] [-c CREDS_DIR] [-p PERSISTENCE_FILE] [-h]\n"
-            "  ENDPOINT_NAME     the device's LwM2M Endpoint Client Name\n"
+            "  ENDPOINT_NAME     the device's LwM2M Endpoint Client Name (or -e ENDPOINT_NAME)\n"
             "  -u BOOTSTRAP_URI  the Bootstrap-Server + EST-coaps server\n"
             "                    (default " DEFAULT_BOOTSTRAP_URI ")\n"
             "  -c CREDS_DIR      factory credentials: factory-cert.pem, factory-key.pem,\n"
@@ -407,9 +414,13 @@ int main(int argc, char **argv) {
     const char *uri = DEFAULT_BOOTSTRAP_URI;
     const char *creds_dir = NULL;
     const char *persistence_path = NULL;
+    const char *endpoint = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "u:c:p:h")) != -1) {
+    while ((opt = getopt(argc, argv, "e:u:c:p:h")) != -1) {
         switch (opt) {
+        case 'e':
+            endpoint = optarg;
+            break;
         case 'u':
             uri = optarg;
             break;
@@ -427,11 +438,15 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (optind != argc - 1) {
+    /* The endpoint name comes as the one positional argument, or with -e as in the other
+     * examples. */
+    if (!endpoint && optind == argc - 1) {
+        endpoint = argv[optind++];
+    }
+    if (!endpoint || optind != argc) {
         usage(argv[0]);
         return 2;
     }
-    const char *endpoint = argv[optind];
 
     char *default_creds = NULL, *default_persistence = NULL;
     if (!creds_dir) {

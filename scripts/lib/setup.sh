@@ -6,8 +6,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # apt packages the build and tests need: cmake for the C side, clang + libclang for
 # mbedtls' bindings, openssl as an independent peer for certificate checks, libcoap's
-# command-line tools (coap-client-openssl, coap-server-openssl) as an independent DTLS peer.
-ESTUARY_APT_PACKAGES=(cmake clang libclang-dev openssl make pkg-config libcoap3-bin)
+# command-line tools (coap-client-openssl, coap-server-openssl) as an independent DTLS peer,
+# valgrind for the memcheck runs of the C examples.
+ESTUARY_APT_PACKAGES=(cmake clang libclang-dev openssl make pkg-config libcoap3-bin valgrind)
 
 ensure_tools() {
     local missing=()
@@ -16,6 +17,7 @@ ensure_tools() {
     command -v openssl >/dev/null || missing+=(openssl)
     command -v make >/dev/null || missing+=(make)
     command -v coap-client-openssl >/dev/null || missing+=(libcoap3-bin)
+    command -v valgrind >/dev/null || missing+=(valgrind)
     if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
         missing+=(libclang-dev)
     fi

@@ -22,10 +22,6 @@ use crate::lwm2m::transport::{ChannelSecurity, SecureChannel};
 use crate::lwm2m::ServerUri;
 use crate::time::{Instant, Now, UtcTime};
 
-/// Consecutive failed registration attempts on every server after which the client goes
-/// back to the Bootstrap-Server (LwM2M's Communication Retry Count default is 5; the
-/// registration back-off makes these ~15 minutes).
-pub(super) const BOOTSTRAP_FALLBACK_AFTER: u32 = 5;
 /// Wait before the first fall-back bootstrap; doubles with each one in a row.
 const FALLBACK_BASE: Duration = Duration::from_secs(60);
 /// Longest wait before a fall-back bootstrap.
@@ -52,6 +48,17 @@ pub(super) struct BootstrapLink {
     pub(super) channel: SecureChannel,
     pub(super) est: EstClient,
     pub(super) stage: Stage,
+}
+
+impl BootstrapLink {
+    /// Hands what the CoAP endpoint still has queued (the ACK of a separate EST response,
+    /// say) to the current DTLS session, so closing it does not leave that for a new
+    /// handshake.
+    fn flush_before_close(&mut self, now: Now) {
+        while let Some(coap) = self.session.endpoint.poll_transmit() {
+            self.channel.send(now, coap);
+        }
+    }
 }
 
 /// EST bookkeeping of the client.
@@ -281,7 +288,14 @@ impl Client {
                         .pending_key
                         .as_ref()
                         .or(self.est.state.key.as_ref());
-                    let trust = self.cfg.trust_store_certs.clone();
+                    // Our own certificate may chain to `trust_store_certs` or to the CA
+                    // certificates this EST server gave us from /est/crts.
+                    let mut trust = self.cfg.trust_store_certs.clone();
+                    if !trust.is_empty() {
+                        for c in &self.est.state.cacerts {
+                            trust.add(c.clone());
+                        }
+                    }
                     outcomes.extend(
                         b.est
                             .on_response(now.mono, now.utc, *handle, packet, key, &trust),
@@ -341,8 +355,28 @@ impl Client {
         }
     }
 
+    /// RFC 9148 wants EST over a certificate-authenticated session; over a PSK (or plain)
+    /// bootstrap connection the client still tries, since some servers allow it.
+    fn warn_if_est_without_certificate(&self) {
+        if let Some((_, sec)) = self.bootstrap_account() {
+            if !matches!(
+                sec.security_mode,
+                SecurityMode::Certificate | SecurityMode::CertificateWithEst
+            ) {
+                warn!(
+                    "EST over a {:?} bootstrap connection: RFC 9148 requires certificate \
+                     authentication, the server may refuse",
+                    sec.security_mode
+                );
+            }
+        }
+    }
+
     /// Sends the EST request of `stage` over the bootstrap connection.
     fn start_est(&mut self, now: Now, stage: Stage) {
+        if stage != Stage::Reenrolling {
+            self.warn_if_est_without_certificate();
+        }
         let csr = match stage {
             Stage::Enrolling | Stage::Reenrolling => {
                 let key = if stage == Stage::Reenrolling && !self.cfg.est_reenroll.rekey {
@@ -468,6 +502,7 @@ impl Client {
     fn provisioning_done(&mut self, now: Now) {
         if let Some(b) = self.bootstrap.as_mut() {
             b.stage = Stage::Idle;
+            b.flush_before_close(now);
             b.session.endpoint.cancel_all();
             b.channel.close(now);
         }
@@ -518,6 +553,11 @@ impl Client {
                 if let Some(uri) = self.bootstrap.as_ref().map(|b| b.session.uri.clone()) {
                     if let Ok(ch) = self.channel_for(&sec, &uri) {
                         if let Some(b) = self.bootstrap.as_mut() {
+                            b.flush_before_close(now);
+                            b.channel.close(now);
+                            while let Some(d) = b.channel.poll_transmit() {
+                                self.pending_raw.push_back((ConnectionId::BOOTSTRAP, d));
+                            }
                             b.channel = ch;
                         }
                     }
@@ -532,19 +572,29 @@ impl Client {
         if self.shutting_down || !self.est.state.is_enrolled() {
             return;
         }
-        let busy = self
-            .bootstrap
-            .as_ref()
-            .is_some_and(|b| b.stage != Stage::Idle || b.est.in_progress());
-        if busy {
-            return;
-        }
         let expired = self
             .est
             .state
             .certificate
             .as_ref()
             .is_some_and(|c| c.not_after() <= now.utc);
+        let stage = self
+            .bootstrap
+            .as_ref()
+            .map(|b| (b.stage, b.stage != Stage::Idle || b.est.in_progress()));
+        match stage {
+            // A /sren still waiting at expiry (told 5.03 with a long Max-Age, say) is given
+            // up: the device must not keep an expired credential while it waits.
+            Some((Stage::Reenrolling, true)) if expired => {
+                if let Some(b) = self.bootstrap.as_mut() {
+                    b.est.cancel(now.mono, &mut b.session.endpoint);
+                    b.stage = Stage::Idle;
+                }
+                return self.est_fallback(now, "the EST certificate expired during /est/sren");
+            }
+            Some((_, true)) => return,
+            _ => {}
+        }
         let Some(sched) = self.est.state.reenroll_schedule(&self.cfg.est_reenroll) else {
             if expired {
                 self.est_fallback(now, "the EST certificate expired");
@@ -562,6 +612,7 @@ impl Client {
     fn est_fallback(&mut self, now: Now, why: &str) {
         warn!("EST: {why}; the credential is purged and the client bootstraps again");
         self.est.state.purge();
+        self.est.pending_key = None;
         self.est.sren_failures = 0;
         if let Err(e) = self.begin_bootstrap(now, true) {
             warn!("cannot bootstrap: {e}");
@@ -617,6 +668,7 @@ impl Client {
                 stage: Stage::Idle,
             });
         } else if let Some(b) = self.bootstrap.as_mut() {
+            b.flush_before_close(now);
             b.channel.close(now);
             while let Some(d) = b.channel.poll_transmit() {
                 self.pending_raw.push_back((ConnectionId::BOOTSTRAP, d));
@@ -642,10 +694,21 @@ impl Client {
             .min()
         });
         let sren = if self.est.state.is_enrolled() && !self.shutting_down {
-            let at = self
-                .next_reenrollment()
-                .into_iter()
-                .chain(self.est.state.certificate.as_ref().map(|c| c.not_after()));
+            // While an exchange is under way (a 5.03 wait, say) its own timers count, and a
+            // past attempt time must not make the caller spin; only expiry interrupts it.
+            let busy = self
+                .bootstrap
+                .as_ref()
+                .is_some_and(|b| b.stage != Stage::Idle || b.est.in_progress());
+            let next = if busy { None } else { self.next_reenrollment() };
+            let expiry = self
+                .est
+                .state
+                .certificate
+                .as_ref()
+                .map(|c| c.not_after())
+                .filter(|t| !busy || *t > now.utc);
+            let at = next.into_iter().chain(expiry);
             at.min().map(|t| {
                 let ms = t.unix_millis().saturating_sub(now.utc.unix_millis()).max(0) as u64;
                 now.mono + Duration::from_millis(ms)
@@ -656,8 +719,8 @@ impl Client {
         [link, sren].into_iter().flatten().min()
     }
 
-    /// Registration has failed on every server `BOOTSTRAP_FALLBACK_AFTER` times in a row:
-    /// go back to the Bootstrap-Server, if there is one.
+    /// Registration has failed on every server (the Server object's retry resources,
+    /// `RetryPolicy`): go back to the Bootstrap-Server, if there is one.
     pub(super) fn check_bootstrap_fallback(&mut self, now: Now) {
         if self.shutting_down
             || self.sessions.is_empty()
@@ -669,10 +732,12 @@ impl Client {
         {
             return;
         }
+        // Every server's registration failed (all its communication sequences, /1/x/17..20)
+        // and each allows bootstrap on registration failure (/1/x/16).
         if self
             .sessions
             .iter()
-            .all(|s| s.failures() >= BOOTSTRAP_FALLBACK_AFTER)
+            .all(|s| s.registration_failed() && s.retry_policy().bootstrap_on_failure)
         {
             // Each fall-back in a row waits longer (1 min doubling to 1 h), so a dead
             // network never cycles bootstrap and registration quickly.

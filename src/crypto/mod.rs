@@ -23,7 +23,7 @@ mod secret;
 mod trust;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use cert::Certificate;
 pub use csr::Csr;

@@ -136,3 +136,50 @@ pub(crate) fn scratch_dir(name: &str) -> ScratchDir {
     std::fs::create_dir_all(&dir).unwrap();
     ScratchDir(dir)
 }
+
+/// A DER CRL (v2, no extensions) from `issuer` revoking `serials`, valid from `this_update`
+/// to `next_update`: for testing revocation where the fixture's CA key is at hand.
+pub(crate) fn crl_revoking(
+    issuer: &CertificateIssuer,
+    serials: &[&[u8]],
+    this_update: UtcTime,
+    next_update: UtcTime,
+    rng: &mut Drbg,
+) -> Vec<u8> {
+    use super::der::{self, oid, Reader, INTEGER, OID, SEQUENCE};
+    let time = |t: UtcTime| {
+        let s = chrono::DateTime::from_timestamp(t.unix_seconds(), 0)
+            .unwrap()
+            .format("%y%m%d%H%M%SZ")
+            .to_string();
+        der::tlv(0x17, s.as_bytes())
+    };
+    // The issuer's Name, as its certificate encodes its subject.
+    let cert = issuer.certificate().der();
+    let mut certificate = Reader::new(cert).expect(SEQUENCE).unwrap().reader();
+    let mut tbs = certificate.expect(SEQUENCE).unwrap().reader();
+    let _version = tbs.optional(der::context(0)).unwrap();
+    for _ in 0..3 {
+        tbs.read().unwrap(); // serial, signature algorithm, issuer
+    }
+    tbs.read().unwrap(); // validity
+    let subject = tbs.read().unwrap();
+    let alg = der::sequence(&[&der::tlv(OID, oid::ECDSA_SHA256)]);
+    let revoked: Vec<Vec<u8>> = serials
+        .iter()
+        .map(|s| der::sequence(&[&der::tlv(INTEGER, s), &time(this_update)]))
+        .collect();
+    let revoked_refs: Vec<&[u8]> = revoked.iter().map(|r| r.as_slice()).collect();
+    let tbs_list = der::sequence(&[
+        &der::tlv(INTEGER, &[1]),
+        &alg,
+        subject.raw,
+        &time(this_update),
+        &time(next_update),
+        &der::sequence(&revoked_refs),
+    ]);
+    let sig = issuer.key().sign(&tbs_list, rng).unwrap();
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(&sig);
+    der::sequence(&[&tbs_list, &alg, &der::tlv(der::BIT_STRING, &bits)])
+}

@@ -1,5 +1,6 @@
-//! [`TrustStore`]: the certificates a device or server trusts, and chain verification against
-//! them at a time the caller passes.
+//! [`TrustStore`]: the certificates a device or server trusts, the certificate revocation
+//! lists (CRLs) that apply to them, and chain verification against them at a time the caller
+//! passes.
 //!
 //! mbedtls checks signatures, CA flags, key usage and path length; it would also check validity
 //! against the system clock, which a sans-IO core must not read. So the verify callback clears
@@ -7,18 +8,26 @@
 //! the chain ([`apply_time_policy`], which `dtls/` reuses for handshakes). Which store applies
 //! to which connection (the `est_cacerts_policy`) is decided elsewhere; callers pass bytes, this
 //! module reads no files.
+//!
+//! CRLs: mbedtls checks each CRL's signature against the CA that issued it and marks a
+//! certificate whose serial it lists as revoked. It would also judge the CRL's thisUpdate /
+//! nextUpdate by the system clock; that verdict is dropped, so a CRL past its nextUpdate still
+//! revokes what it lists (a revocation is permanent) and a missing fresher CRL is not an error.
 
 use std::sync::{Arc, Mutex};
 
-use mbedtls::x509::{Certificate as MbedCert, VerifyError};
+use mbedtls::x509::{Certificate as MbedCert, Crl as MbedCrl, VerifyError};
 
-use super::{fmt_utc, utc_from_x509, Certificate, CryptoError};
+use super::{fmt_utc, pem, utc_from_x509, Certificate, CryptoError};
 use crate::time::UtcTime;
 
-/// A set of trusted certificates (trust anchors), without duplicates.
+/// A set of trusted certificates (trust anchors), without duplicates, and the CRLs applied
+/// when verifying against them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustStore {
     certs: Vec<Certificate>,
+    /// DER CRLs, each parsed by mbedtls once when added.
+    crls: Vec<Vec<u8>>,
 }
 
 impl TrustStore {
@@ -32,6 +41,15 @@ impl TrustStore {
         let mut store = TrustStore::new();
         store.add_bytes(bytes)?;
         Ok(store)
+    }
+
+    /// The same CRLs with no trust anchor: for a connection that trusts one given anchor
+    /// only (Certificate Usage 2) yet must still honour revocations.
+    pub fn crls_only(&self) -> TrustStore {
+        TrustStore {
+            certs: Vec::new(),
+            crls: self.crls.clone(),
+        }
     }
 
     /// Adds a certificate; returns false if it was already trusted.
@@ -80,6 +98,60 @@ impl TrustStore {
         &self.certs
     }
 
+    /// Adds every CRL in `bytes`: one DER CRL, or PEM `X509 CRL` blocks. Returns how many
+    /// were new; nothing is added if any CRL is malformed.
+    pub fn add_crl_bytes(&mut self, bytes: &[u8]) -> Result<usize, CryptoError> {
+        let ders: Vec<Vec<u8>> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            let blocks = pem::decode_all(bytes)?;
+            let ders: Vec<Vec<u8>> = blocks
+                .iter()
+                .filter(|b| b.label == "X509 CRL")
+                .map(|b| b.der.clone())
+                .collect();
+            if ders.is_empty() {
+                return Err(CryptoError::malformed(
+                    "CRL",
+                    "no X509 CRL block in the PEM text",
+                ));
+            }
+            ders
+        } else {
+            vec![bytes.to_vec()]
+        };
+        for der in &ders {
+            MbedCrl::new()
+                .push_from_der(der)
+                .map_err(|e| CryptoError::mbedtls("parsing a CRL", e))?;
+        }
+        let mut added = 0;
+        for der in ders {
+            if !self.crls.contains(&der) {
+                self.crls.push(der);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Number of CRLs.
+    pub fn crl_count(&self) -> usize {
+        self.crls.len()
+    }
+
+    /// The CRLs as one mbedtls list (`None` when there are none), for verification here and
+    /// for DTLS handshakes in `dtls/`.
+    pub(crate) fn to_mbedtls_crl(&self) -> Result<Option<MbedCrl>, CryptoError> {
+        if self.crls.is_empty() {
+            return Ok(None);
+        }
+        let mut list = MbedCrl::new();
+        for der in &self.crls {
+            list.push_from_der(der)
+                .map_err(|e| CryptoError::mbedtls("loading a CRL", e))?;
+        }
+        Ok(Some(list))
+    }
+
     /// Number of trusted certificates.
     pub fn len(&self) -> usize {
         self.certs.len()
@@ -105,6 +177,7 @@ impl TrustStore {
         let ordered = order_chain(leaf, &chain[1..]);
         let chain_list = Certificate::mbedtls_list(ordered)?;
         let anchors = Certificate::mbedtls_list(&self.certs)?;
+        let mut crl = self.to_mbedtls_crl()?;
 
         let notes = Arc::new(Mutex::new(Vec::<String>::new()));
         let cb_notes = Arc::clone(&notes);
@@ -112,6 +185,8 @@ impl TrustStore {
             if let Some(note) = apply_time_policy(crt, at, flags) {
                 push_note(&cb_notes, crt, depth, note);
             }
+            // CRL freshness by the system clock: not ours to judge (see the module header).
+            flags.remove(VerifyError::CRL_EXPIRED | VerifyError::CRL_FUTURE);
             let others = *flags - (VerifyError::CERT_EXPIRED | VerifyError::CERT_FUTURE);
             if !others.is_empty() {
                 push_note(&cb_notes, crt, depth, others.error_info().join(" "));
@@ -119,8 +194,13 @@ impl TrustStore {
             Ok(())
         };
         let mut info = String::new();
-        let result =
-            MbedCert::verify_with_callback(&chain_list, &anchors, None, Some(&mut info), callback);
+        let result = MbedCert::verify_with_callback(
+            &chain_list,
+            &anchors,
+            crl.as_mut(),
+            Some(&mut info),
+            callback,
+        );
         match result {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -472,5 +552,135 @@ mod tests {
         let mut empty = TrustStore::new();
         assert!(empty.add_pem(broken.as_bytes()).is_err());
         assert!(empty.is_empty());
+    }
+
+    // Made with OpenSSL 3.0 (`openssl ca`): an EC P-256 CA with keyCertSign + cRLSign, two
+    // server certificates for lwm2m.example valid 2020..2120 (serials 0x1001 and 0x1002), and
+    // a CRL from that CA revoking 0x1001 (thisUpdate 2026-11-23, nextUpdate 2126).
+    const CRL_CA: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBczCCARigAwIBAgIUQmG9SOmx/bSnstl91ox/PuScc40wCgYIKoZIzj0EAwIw
+FjEUMBIGA1UEAwwLQ1JMIFRlc3QgQ0EwIBcNMjYxMTIzMTEzMDQ2WhgPMjEyNjEw
+MzAxMTMwNDZaMBYxFDASBgNVBAMMC0NSTCBUZXN0IENBMFkwEwYHKoZIzj0CAQYI
+KoZIzj0DAQcDQgAErXIR0oxcuReZIMh2xbMNu53dkDJsw9oIlDQyMXiaxe+LoWaO
+FDuNeMsIPmm4ZfQfbuReVrZpp6aPwds2meaE0aNCMEAwDwYDVR0TAQH/BAUwAwEB
+/zAOBgNVHQ8BAf8EBAMCAQYwHQYDVR0OBBYEFIMNek3lyGiXkRPjASsLLwMTHiLM
+MAoGCCqGSM49BAMCA0kAMEYCIQDLeApP1uVmZdB+kkykWXfgcTFmHD2E1HpOByH/
+J1X2MAIhAP3UI4PIODgAGdb5wtWfI6VaT4xyxg9ASIPG9u8aVR1I
+-----END CERTIFICATE-----
+";
+    const CRL_GOOD: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBrjCCAVSgAwIBAgICEAIwCgYIKoZIzj0EAwIwFjEUMBIGA1UEAwwLQ1JMIFRl
+c3QgQ0EwIBcNMjAwMTAxMDAwMDAwWhgPMjEyMDAxMDEwMDAwMDBaMBgxFjAUBgNV
+BAMMDWx3bTJtLmV4YW1wbGUwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATjWoak
+ykGyD0ImffTQpnqyorH6wlw6dcGPKFI8SDJddfvUK/QsC1aHaBmSnsy1zLTRg5My
+vTw7DSJdYio4nIMqo4GNMIGKMAkGA1UdEwQCMAAwDgYDVR0PAQH/BAQDAgeAMBMG
+A1UdJQQMMAoGCCsGAQUFBwMBMBgGA1UdEQQRMA+CDWx3bTJtLmV4YW1wbGUwHwYD
+VR0jBBgwFoAUgw16TeXIaJeRE+MBKwsvAxMeIswwHQYDVR0OBBYEFCE9TuPY3H0m
+N/Ok/bq4HM+LUdWgMAoGCCqGSM49BAMCA0gAMEUCIAt+TZ3zk/h92WokP33QE7N7
+WD0xkeQvEBEVE0fVv09cAiEAgLGo7mEvN0M7CFuo+aXKo9adM+6rnzOsV5VVg+aB
+b6s=
+-----END CERTIFICATE-----
+";
+    const CRL_REVOKED: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBrjCCAVSgAwIBAgICEAEwCgYIKoZIzj0EAwIwFjEUMBIGA1UEAwwLQ1JMIFRl
+c3QgQ0EwIBcNMjAwMTAxMDAwMDAwWhgPMjEyMDAxMDEwMDAwMDBaMBgxFjAUBgNV
+BAMMDWx3bTJtLmV4YW1wbGUwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQOv2L6
+SvPuUHAEeifFkAt+Glur0d+y10v6YVHJyCx0j0vKMezqlUQt1dbeu7P8eMzPmUKV
+fny4StbpzcNML9XXo4GNMIGKMAkGA1UdEwQCMAAwDgYDVR0PAQH/BAQDAgeAMBMG
+A1UdJQQMMAoGCCsGAQUFBwMBMBgGA1UdEQQRMA+CDWx3bTJtLmV4YW1wbGUwHwYD
+VR0jBBgwFoAUgw16TeXIaJeRE+MBKwsvAxMeIswwHQYDVR0OBBYEFPbSCQNZJE3A
+1vG+LaBX+VJNBL02MAoGCCqGSM49BAMCA0gAMEUCIAN4rsHFmFCCps24os9hwORA
+5+pCp1WKp7CuYg9o+zLhAiEAtf+BeRxgFJoA2dH8zS+JWnBmyQ8Na+rYTqox8HU5
+evQ=
+-----END CERTIFICATE-----
+";
+    const CRL: &str = "\
+-----BEGIN X509 CRL-----
+MIHEMGwCAQEwCgYIKoZIzj0EAwIwFjEUMBIGA1UEAwwLQ1JMIFRlc3QgQ0EXDTI2
+MTEyMzExMzA0NloYDzIxMjYxMDMwMTEzMDQ2WjAjMCECAhABFw0yNjExMjMxMTMw
+NDZaMAwwCgYDVR0VBAMKAQEwCgYIKoZIzj0EAwIDSAAwRQIhAOc5JAqJ+IfvUxTO
+miQO+fipzdhw6kKiphNwS99DuyZaAiB0tKFNgStb02paB1MbHKxN4wNeUMhwvFjY
+4a0t3omC8A==
+-----END X509 CRL-----
+";
+
+    #[test]
+    fn a_crl_from_the_ca_revokes_the_certificate_it_lists() {
+        let good = Certificate::from_pem(CRL_GOOD.as_bytes()).unwrap();
+        let revoked = Certificate::from_pem(CRL_REVOKED.as_bytes()).unwrap();
+        // A time the whole fixture is valid at (the CA starts on 2026-11-23).
+        let when = at(1_798_761_600); // 2027-01-01
+        let mut store = TrustStore::from_bytes(CRL_CA.as_bytes()).unwrap();
+        for leaf in [&good, &revoked] {
+            store
+                .verify_chain_for_name(std::slice::from_ref(leaf), when, "lwm2m.example")
+                .unwrap();
+        }
+        assert_eq!(store.add_crl_bytes(CRL.as_bytes()).unwrap(), 1);
+        assert_eq!(store.crl_count(), 1);
+        store
+            .verify_chain_for_name(std::slice::from_ref(&good), when, "lwm2m.example")
+            .unwrap();
+        let err = store
+            .verify_chain(std::slice::from_ref(&revoked), when)
+            .unwrap_err();
+        let CryptoError::ChainRejected { reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(reason.contains("revoked"), "{reason}");
+        // The CRL's own dates are not judged by the system clock: long after its nextUpdate
+        // (2126) the revocation still holds, and the good certificate is unaffected by it
+        // until the certificate itself expires.
+        assert!(store
+            .verify_chain(std::slice::from_ref(&revoked), at(4_000_000_000))
+            .is_err());
+        store
+            .verify_chain(std::slice::from_ref(&good), at(4_000_000_000))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_store_keeping_only_the_crls_still_revokes_under_a_new_anchor() {
+        let revoked = Certificate::from_pem(CRL_REVOKED.as_bytes()).unwrap();
+        let ca = Certificate::from_pem(CRL_CA.as_bytes()).unwrap();
+        let mut store = TrustStore::from_bytes(CRL_CA.as_bytes()).unwrap();
+        store.add_crl_bytes(CRL.as_bytes()).unwrap();
+        let mut pinned = store.crls_only();
+        assert!(pinned.is_empty());
+        assert_eq!(pinned.crl_count(), 1);
+        pinned.add(ca);
+        let err = pinned
+            .verify_chain(std::slice::from_ref(&revoked), at(1_798_761_600))
+            .unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
+    }
+
+    #[test]
+    fn crls_are_parsed_when_added_and_kept_without_duplicates() {
+        let pem_blocks = pem::decode_all(CRL.as_bytes()).unwrap();
+        let der = pem_blocks[0].der.clone();
+        let mut store = TrustStore::new();
+        assert_eq!(store.add_crl_bytes(&der).unwrap(), 1);
+        assert_eq!(
+            store.add_crl_bytes(CRL.as_bytes()).unwrap(),
+            0,
+            "same CRL as PEM"
+        );
+        let two = format!("{CRL}{CRL}");
+        assert_eq!(store.add_crl_bytes(two.as_bytes()).unwrap(), 0);
+        // Junk, a certificate instead of a CRL, and a truncated CRL add nothing.
+        let mut truncated = der.clone();
+        truncated.truncate(der.len() - 10);
+        for bad in [&b"junk"[..], CRL_CA.as_bytes(), &truncated] {
+            let mut s = TrustStore::new();
+            assert!(s.add_crl_bytes(bad).is_err());
+            assert_eq!(s.crl_count(), 0);
+        }
+        assert_eq!(store.crl_count(), 1);
+        assert!(store.to_mbedtls_crl().unwrap().is_some());
+        assert!(TrustStore::new().to_mbedtls_crl().unwrap().is_none());
     }
 }

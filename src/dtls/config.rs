@@ -461,7 +461,7 @@ impl DtlsConfig {
                     }
                     _ => self.require_trust("the server's certificate")?,
                 };
-                conf.set_ca_list(Arc::new(trust.to_mbedtls()?), None);
+                conf.set_ca_list(Arc::new(trust.to_mbedtls()?), crl_list(trust)?);
                 conf.set_authmode(AuthMode::Required);
                 let mut state = VerifyState::new(at, self.server_name.clone());
                 state.pin = self.pin.clone();
@@ -505,7 +505,7 @@ impl DtlsConfig {
             self.add_certificate(conf, chain, key)?;
             let at = self.require_time()?;
             let trust = self.require_trust("client certificates")?;
-            conf.set_ca_list(Arc::new(trust.to_mbedtls()?), None);
+            conf.set_ca_list(Arc::new(trust.to_mbedtls()?), crl_list(trust)?);
             conf.set_authmode(AuthMode::Required);
             *lock(verify) = VerifyState::new(at, None);
             conf.set_verify_callback(verify_callback(Arc::clone(verify)));
@@ -657,6 +657,11 @@ impl VerifyState {
     }
 }
 
+/// The trust store's CRLs for mbedtls, so a revoked peer certificate fails the handshake.
+fn crl_list(trust: &TrustStore) -> Result<Option<Arc<mbedtls::x509::Crl>>, DtlsError> {
+    Ok(trust.to_mbedtls_crl()?.map(Arc::new))
+}
+
 /// mbedtls' verify callback: our validity time instead of the system clock's (as
 /// `TrustStore::verify_chain`), and our name rules instead of mbedtls' for the end-entity
 /// certificate. Problems are recorded as flags, never as callback errors (which would abort
@@ -666,6 +671,9 @@ fn verify_callback(
 ) -> impl Fn(&MbedCert, i32, &mut VerifyError) -> mbedtls::Result<()> + Send + Sync + 'static {
     move |crt, depth, flags| {
         let mut st = lock(&state);
+        // mbedtls judges a CRL's own dates by the system clock; as in
+        // `TrustStore::verify_chain`, a listed revocation holds whatever those dates say.
+        flags.remove(VerifyError::CRL_EXPIRED | VerifyError::CRL_FUTURE);
         if let Some(note) = apply_time_policy(crt, st.at, flags) {
             st.note(crt, depth, note);
         }

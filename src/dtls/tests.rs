@@ -228,6 +228,8 @@ fn psk_server() -> DtlsConfig {
 struct Pki {
     root: CertificateIssuer,
     intermediate: Certificate,
+    /// The intermediate with its key (it issued the server certificate).
+    mid: CertificateIssuer,
     server_key: KeyPair,
     server_cert: Certificate,
     client_key: KeyPair,
@@ -315,6 +317,7 @@ fn pki() -> &'static Pki {
         Pki {
             root,
             intermediate,
+            mid,
             server_key,
             server_cert,
             client_key,
@@ -858,6 +861,63 @@ fn client_certificate_not_trusted_by_the_server() {
     let picky = cert_server_trusting(store(&pki.other_root));
     let (_, server) = refused(&cert_client(), &picky);
     assert_rejected(&server, CertificateProblem::Untrusted, "CN=dev1");
+}
+
+/// A trust store with `ca`'s certificate and a CRL from `issuer` revoking `revoked`; the
+/// CRL's nextUpdate is long past at the verification time, which must not matter.
+fn store_with_crl(
+    ca: &CertificateIssuer,
+    issuer: &CertificateIssuer,
+    revoked: &Certificate,
+) -> TrustStore {
+    let mut trust = store(ca);
+    let crl = crate::crypto::test_support::crl_revoking(
+        issuer,
+        &[revoked.serial()],
+        utc(T0 - 2 * DAY),
+        utc(T0 - DAY),
+        &mut Drbg::from_seed(23),
+    );
+    assert_eq!(trust.add_crl_bytes(&crl).unwrap(), 1);
+    trust
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused_by_the_server() {
+    let pki = pki();
+    let server = cert_server_trusting(store_with_crl(&pki.root, &pki.root, &pki.client_cert));
+    let (client, server) = refused(&cert_client(), &server);
+    match &server {
+        DtlsError::CertificateRejected { reason, .. } => {
+            assert!(
+                reason.contains("CN=dev1") && reason.contains("revoked"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a rejected certificate, got {other}"),
+    }
+    assert!(client.is_authentication_failure(), "{client}");
+}
+
+#[test]
+fn a_revoked_server_certificate_is_refused_by_the_client_and_others_still_work() {
+    let pki = pki();
+    let trust = store_with_crl(&pki.root, &pki.mid, &pki.server_cert);
+    let client = cert_client_with(&pki.client_cert, trust, NOW_UTC, SERVER_NAME);
+    let (client, _) = refused(&client, &cert_server());
+    match &client {
+        DtlsError::CertificateRejected { reason, .. } => assert!(
+            reason.contains("CN=LwM2M Test Server") && reason.contains("revoked"),
+            "{reason}"
+        ),
+        other => panic!("expected a rejected certificate, got {other}"),
+    }
+    // A CRL that lists another serial leaves the handshake alone.
+    let trust = store_with_crl(&pki.root, &pki.mid, &pki.intermediate);
+    let client = cert_client_with(&pki.client_cert, trust, NOW_UTC, SERVER_NAME);
+    let mut pair = Pair::new(&client, &cert_server(), Link::perfect());
+    let outcome = pair.run();
+    assert_eq!(outcome.client, DtlsState::Established, "{outcome:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

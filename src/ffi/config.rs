@@ -6,6 +6,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::path::Path;
 use std::time::Duration;
 
+use super::error::ESTUARY_ERR_NOT_SUPPORTED;
 use super::time::estuary_time_duration_t;
 use super::{arg_ref, bytes_arg, ffi_boundary, str_arg, Refusal, Refused};
 use crate::client::ClientConfig;
@@ -50,7 +51,9 @@ pub const ESTUARY_COAP_UDP_TX_PARAMS_DEFAULT: estuary_coap_udp_tx_params_t =
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct estuary_dtls_handshake_timeouts_t {
+    /// Wait before the first retransmission of a handshake flight.
     pub min: estuary_time_duration_t,
+    /// The longest wait; a flight still unanswered after it fails the handshake.
     pub max: estuary_time_duration_t,
 }
 
@@ -89,20 +92,46 @@ impl estuary_certificate_chain_info_t {
         size: 0,
     };
 
-    /// The trust store this points at.
+    /// The trust anchors this points at.
     ///
     /// # Safety
     /// `path` / `data` must be NULL or valid as documented on the fields.
     unsafe fn load(&self, what: &'static str) -> Result<TrustStore, Refusal> {
         let mut store = TrustStore::new();
-        let add = |store: &mut TrustStore, bytes: &[u8], name: &str| {
-            let certs = Certificate::parse_any(bytes)
-                .map_err(|e| Refusal::invalid(format!("{what}: {name}: {e}")))?;
-            for c in certs {
-                store.add(c);
-            }
-            Ok::<(), Refusal>(())
-        };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.read_each(what, "certificate", |bytes| {
+                for c in Certificate::parse_any(bytes)? {
+                    store.add(c);
+                }
+                Ok(())
+            })
+        }?;
+        Ok(store)
+    }
+
+    /// Adds the CRLs this points at to `store`.
+    ///
+    /// # Safety
+    /// As [`Self::load`].
+    unsafe fn load_crls(&self, what: &'static str, store: &mut TrustStore) -> Result<(), Refusal> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.read_each(what, "CRL", |bytes| store.add_crl_bytes(bytes).map(|_| ())) }
+    }
+
+    /// Hands the bytes of the file, of each file in the directory, or of the buffer to
+    /// `add`. A file or buffer `add` refuses is an error; in a directory such files are
+    /// skipped (certificate directories hold other files too: hash links, CRLs,
+    /// certificates), but at least one must be taken.
+    ///
+    /// # Safety
+    /// As [`Self::load`].
+    unsafe fn read_each(
+        &self,
+        what: &'static str,
+        kind: &str,
+        mut add: impl FnMut(&[u8]) -> Result<(), crate::crypto::CryptoError>,
+    ) -> Result<(), Refusal> {
         match self.source {
             ESTUARY_CHAIN_SOURCE_EMPTY => {}
             ESTUARY_CHAIN_SOURCE_FILE => {
@@ -110,7 +139,7 @@ impl estuary_certificate_chain_info_t {
                 let path = unsafe { str_arg(self.path, what) }?;
                 let bytes = std::fs::read(&path)
                     .map_err(|e| Refusal::invalid(format!("{what}: reading {path}: {e}")))?;
-                add(&mut store, &bytes, &path)?;
+                add(&bytes).map_err(|e| Refusal::invalid(format!("{what}: {path}: {e}")))?;
             }
             ESTUARY_CHAIN_SOURCE_PATH => {
                 // SAFETY: forwarded from the caller.
@@ -119,21 +148,16 @@ impl estuary_certificate_chain_info_t {
                     .map_err(|e| Refusal::invalid(format!("{what}: reading {dir}: {e}")))?;
                 let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
                 names.sort();
+                let mut taken = 0usize;
                 for p in names.iter().filter(|p| p.is_file()) {
-                    // A certificate directory holds other files too (hash links, CRLs);
-                    // those that hold no certificate are skipped.
-                    match std::fs::read(p).map(|b| Certificate::parse_any(&b)) {
-                        Ok(Ok(certs)) => {
-                            for c in certs {
-                                store.add(c);
-                            }
-                        }
-                        _ => ::log::debug!("{what}: {} holds no certificate; skipped", p.display()),
+                    match std::fs::read(p).map(|b| add(&b)) {
+                        Ok(Ok(())) => taken += 1,
+                        _ => ::log::debug!("{what}: {} holds no {kind}; skipped", p.display()),
                     }
                 }
-                if store.is_empty() {
+                if taken == 0 {
                     return Err(Refusal::invalid(format!(
-                        "{what}: no certificate in directory {dir}"
+                        "{what}: no {kind} in directory {dir}"
                     )));
                 }
             }
@@ -141,7 +165,7 @@ impl estuary_certificate_chain_info_t {
                 // SAFETY: forwarded from the caller.
                 let bytes = unsafe { bytes_arg(self.data.cast(), self.size, what) }?;
                 if !bytes.is_empty() {
-                    add(&mut store, &bytes, "buffer")?;
+                    add(&bytes).map_err(|e| Refusal::invalid(format!("{what}: buffer: {e}")))?;
                 }
             }
             other => {
@@ -150,7 +174,7 @@ impl estuary_certificate_chain_info_t {
                 )))
             }
         }
-        Ok(store)
+        Ok(())
     }
 }
 
@@ -160,6 +184,43 @@ impl Refused for estuary_certificate_chain_info_t {
     }
 }
 
+fn info_from_file(filename: *const c_char) -> Result<estuary_certificate_chain_info_t, Refusal> {
+    if filename.is_null() {
+        return Err(Refusal::null("filename"));
+    }
+    Ok(estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_FILE,
+        path: filename,
+        ..estuary_certificate_chain_info_t::EMPTY
+    })
+}
+
+fn info_from_path(path: *const c_char) -> Result<estuary_certificate_chain_info_t, Refusal> {
+    if path.is_null() {
+        return Err(Refusal::null("path"));
+    }
+    Ok(estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_PATH,
+        path,
+        ..estuary_certificate_chain_info_t::EMPTY
+    })
+}
+
+fn info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> Result<estuary_certificate_chain_info_t, Refusal> {
+    if data.is_null() && size != 0 {
+        return Err(Refusal::null("data"));
+    }
+    Ok(estuary_certificate_chain_info_t {
+        source: ESTUARY_CHAIN_SOURCE_BUFFER,
+        data,
+        size,
+        ..estuary_certificate_chain_info_t::EMPTY
+    })
+}
+
 /// Certificates from a file (one DER certificate or PEM certificates), e.g. for
 /// estuary_configuration_t.trust_store_certs. The name is read by estuary_new(). NULL gives
 /// the empty chain (and a log line).
@@ -167,16 +228,7 @@ impl Refused for estuary_certificate_chain_info_t {
 pub extern "C" fn estuary_certificate_chain_info_from_file(
     filename: *const c_char,
 ) -> estuary_certificate_chain_info_t {
-    ffi_boundary!({
-        if filename.is_null() {
-            return Err(Refusal::null("filename"));
-        }
-        Ok(estuary_certificate_chain_info_t {
-            source: ESTUARY_CHAIN_SOURCE_FILE,
-            path: filename,
-            ..estuary_certificate_chain_info_t::EMPTY
-        })
-    })
+    ffi_boundary!({ info_from_file(filename) })
 }
 
 /// Certificates from every file in a directory that holds any (e.g. /etc/ssl/certs).
@@ -185,16 +237,7 @@ pub extern "C" fn estuary_certificate_chain_info_from_file(
 pub extern "C" fn estuary_certificate_chain_info_from_path(
     path: *const c_char,
 ) -> estuary_certificate_chain_info_t {
-    ffi_boundary!({
-        if path.is_null() {
-            return Err(Refusal::null("path"));
-        }
-        Ok(estuary_certificate_chain_info_t {
-            source: ESTUARY_CHAIN_SOURCE_PATH,
-            path,
-            ..estuary_certificate_chain_info_t::EMPTY
-        })
-    })
+    ffi_boundary!({ info_from_path(path) })
 }
 
 /// Certificates from a buffer (one DER certificate or PEM certificates), which must stay
@@ -204,17 +247,39 @@ pub extern "C" fn estuary_certificate_chain_info_from_buffer(
     data: *const c_void,
     size: usize,
 ) -> estuary_certificate_chain_info_t {
-    ffi_boundary!({
-        if data.is_null() && size != 0 {
-            return Err(Refusal::null("data"));
-        }
-        Ok(estuary_certificate_chain_info_t {
-            source: ESTUARY_CHAIN_SOURCE_BUFFER,
-            data,
-            size,
-            ..estuary_certificate_chain_info_t::EMPTY
-        })
-    })
+    ffi_boundary!({ info_from_buffer(data, size) })
+}
+
+/// The name a port from Anjay gets for avs_crypto_certificate_chain_info_t (its `avs_`
+/// prefix replaced): the same type as estuary_certificate_chain_info_t.
+pub type estuary_crypto_certificate_chain_info_t = estuary_certificate_chain_info_t;
+
+/// The same as estuary_certificate_chain_info_from_file(), under the name a port of
+/// avs_crypto_certificate_chain_info_from_file() gets when its `avs_` prefix is replaced.
+#[no_mangle]
+pub extern "C" fn estuary_crypto_certificate_chain_info_from_file(
+    filename: *const c_char,
+) -> estuary_crypto_certificate_chain_info_t {
+    ffi_boundary!({ info_from_file(filename) })
+}
+
+/// The same as estuary_certificate_chain_info_from_path() (the port of
+/// avs_crypto_certificate_chain_info_from_path()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_certificate_chain_info_from_path(
+    path: *const c_char,
+) -> estuary_crypto_certificate_chain_info_t {
+    ffi_boundary!({ info_from_path(path) })
+}
+
+/// The same as estuary_certificate_chain_info_from_buffer() (the port of
+/// avs_crypto_certificate_chain_info_from_buffer()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_certificate_chain_info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> estuary_crypto_certificate_chain_info_t {
+    ffi_boundary!({ info_from_buffer(data, size) })
 }
 
 /// EST certificate renewal (SPEC 4.4). Re-enrollment starts at
@@ -232,7 +297,8 @@ pub struct estuary_est_reenroll_config_t {
     pub nominal_usage: f64,
     /// Start at the latest this long before expiry; zero or negative: no limit.
     pub max_margin: estuary_time_duration_t,
-    /// Retries after a failed first attempt.
+    /// Retries after a failed first attempt; 0 means the default (10), so a configuration
+    /// written for Anjay's struct, which lacks this field, keeps retrying.
     pub sren_attempts_count: u32,
     /// Make a new key pair for each re-enrollment (committed only when the new certificate
     /// arrives).
@@ -273,7 +339,10 @@ impl estuary_est_reenroll_config_t {
             enable: self.enable,
             nominal_usage: self.nominal_usage,
             max_margin,
-            sren_attempts_count: self.sren_attempts_count,
+            sren_attempts_count: match self.sren_attempts_count {
+                0 => ReenrollConfig::default().sren_attempts_count,
+                n => n,
+            },
             rekey: self.rekey,
         })
     }
@@ -332,6 +401,174 @@ pub struct estuary_configuration_t {
     /// One of ESTUARY_EST_CACERTS_*. 0 (default):
     /// ESTUARY_EST_CACERTS_FOR_EST_SECURITY_AND_BOOTSTRAP.
     pub est_cacerts_policy: estuary_est_cacerts_policy_t,
+    /// Certificate revocation lists (DER, or PEM "X509 CRL" blocks; a directory: every file
+    /// holding CRLs), kept with trust_store_certs and applied wherever a chain is verified:
+    /// the peer's certificate in DTLS handshakes (Certificate Usage 0, 1 and 2) and the
+    /// certificate an EST server issues. A certificate a CRL lists is refused; a CRL counts
+    /// only if the CA it names signed it; a CRL past its nextUpdate still revokes what it
+    /// lists. Make it with
+    /// estuary_cert_revocation_list_info_from_*(). Zeroed (default): none. Read by
+    /// estuary_new(); malformed CRLs make it return NULL with a log line.
+    pub trust_store_crls: estuary_cert_revocation_list_info_t,
+    /// The LwM2M versions the client may use. This build speaks LwM2M 1.1 (its Register
+    /// says lwm2m=1.1), so the range must include ESTUARY_LWM2M_VERSION_1_1: estuary_new()
+    /// refuses any other range with a log line. NULL (default): 1.0 to 1.1.
+    pub lwm2m_version_config: *const estuary_lwm2m_version_config_t,
+    /// Hardware security engine address (e.g. a PKCS#11 URI) where EST generates the key
+    /// pair. Engines are not in this build: a non-NULL value makes estuary_new() return NULL
+    /// with a log line saying so. NULL (default): keys in memory, persisted with the EST state.
+    pub est_engine_key_address: *const c_char,
+    /// Engine address where the EST certificate is stored. Not in this build: non-NULL makes
+    /// estuary_new() return NULL with a log line. NULL (default): in memory, persisted.
+    pub est_engine_cert_address: *const c_char,
+    /// Gives the engine address for each CA certificate from /est/crts. Not in this build:
+    /// non-NULL makes estuary_new() return NULL with a log line. NULL (default): in memory.
+    pub est_engine_cacerts_address_gen_cb: estuary_est_engine_cacert_address_gen_t,
+    /// The argument passed to est_engine_cacerts_address_gen_cb. Not in this build: non-NULL
+    /// makes estuary_new() return NULL with a log line. NULL (default).
+    pub est_engine_cacerts_address_gen_cb_arg: *mut c_void,
+}
+
+/// Certificate revocation lists to load (as Anjay's avs_crypto_cert_revocation_list_info_t),
+/// made with an estuary_cert_revocation_list_info_from_*() helper; same shape and lifetime
+/// rules as estuary_certificate_chain_info_t, whose `source` constants it uses.
+pub type estuary_cert_revocation_list_info_t = estuary_certificate_chain_info_t;
+
+/// An LwM2M protocol version: one of the ESTUARY_LWM2M_VERSION_* constants.
+pub type estuary_lwm2m_version_t = c_int;
+/// LwM2M 1.0.
+pub const ESTUARY_LWM2M_VERSION_1_0: estuary_lwm2m_version_t = 0;
+/// LwM2M 1.1, the version this build speaks.
+pub const ESTUARY_LWM2M_VERSION_1_1: estuary_lwm2m_version_t = 1;
+/// LwM2M 1.2.
+pub const ESTUARY_LWM2M_VERSION_1_2: estuary_lwm2m_version_t = 2;
+
+/// The range of LwM2M versions the client may use (as Anjay's anjay_lwm2m_version_config_t).
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct estuary_lwm2m_version_config_t {
+    /// The oldest version allowed; one of ESTUARY_LWM2M_VERSION_*.
+    pub minimum_version: estuary_lwm2m_version_t,
+    /// The newest version allowed; one of ESTUARY_LWM2M_VERSION_*, not older than
+    /// minimum_version.
+    pub maximum_version: estuary_lwm2m_version_t,
+}
+
+/// Returns the hardware-engine address at which the CA certificate `x509_der_data` (DER,
+/// `x509_der_data_size` bytes) from /est/crts is to be stored, or NULL to refuse it; `arg` is
+/// estuary_configuration_t.est_engine_cacerts_address_gen_cb_arg. The string is copied, so a
+/// buffer may be reused between calls. (Engines are not in this build; see the
+/// configuration field.)
+pub type estuary_est_engine_cacert_address_gen_t = Option<
+    unsafe extern "C" fn(
+        arg: *mut c_void,
+        x509_der_data: *const c_void,
+        x509_der_data_size: usize,
+    ) -> *const c_char,
+>;
+
+/// The version this build speaks.
+const SPOKEN_LWM2M_VERSION: estuary_lwm2m_version_t = ESTUARY_LWM2M_VERSION_1_1;
+
+fn version_name(v: estuary_lwm2m_version_t) -> Option<&'static str> {
+    match v {
+        ESTUARY_LWM2M_VERSION_1_0 => Some("1.0"),
+        ESTUARY_LWM2M_VERSION_1_1 => Some("1.1"),
+        ESTUARY_LWM2M_VERSION_1_2 => Some("1.2"),
+        _ => None,
+    }
+}
+
+impl estuary_lwm2m_version_config_t {
+    /// Refuses a range that is malformed or leaves out the version this build speaks.
+    fn check(self) -> Result<(), Refusal> {
+        let (Some(min), Some(max)) = (
+            version_name(self.minimum_version),
+            version_name(self.maximum_version),
+        ) else {
+            return Err(Refusal::invalid(format!(
+                "lwm2m_version_config {{{}, {}}} holds a value that is not an \
+                 ESTUARY_LWM2M_VERSION_* constant",
+                self.minimum_version, self.maximum_version
+            )));
+        };
+        if self.minimum_version > self.maximum_version {
+            return Err(Refusal::invalid(format!(
+                "lwm2m_version_config: minimum_version {min} is newer than maximum_version {max}"
+            )));
+        }
+        if !(self.minimum_version..=self.maximum_version).contains(&SPOKEN_LWM2M_VERSION) {
+            return Err(Refusal::new(
+                ESTUARY_ERR_NOT_SUPPORTED,
+                format!(
+                    "lwm2m_version_config allows LwM2M {min} to {max}, but this build speaks \
+                     LwM2M 1.1 only"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// CRLs from a file (one DER CRL, or PEM "X509 CRL" blocks), for
+/// estuary_configuration_t.trust_store_crls. The name is read by estuary_new(). NULL gives
+/// the empty list (and a log line).
+#[no_mangle]
+pub extern "C" fn estuary_cert_revocation_list_info_from_file(
+    filename: *const c_char,
+) -> estuary_cert_revocation_list_info_t {
+    ffi_boundary!({ info_from_file(filename) })
+}
+
+/// CRLs from every file in a directory that holds any. NULL gives the empty list (and a log
+/// line).
+#[no_mangle]
+pub extern "C" fn estuary_cert_revocation_list_info_from_path(
+    path: *const c_char,
+) -> estuary_cert_revocation_list_info_t {
+    ffi_boundary!({ info_from_path(path) })
+}
+
+/// CRLs from a buffer (one DER CRL, or PEM "X509 CRL" blocks), which must stay valid until
+/// estuary_new() returns. NULL with a non-zero size gives the empty list (and a log line).
+#[no_mangle]
+pub extern "C" fn estuary_cert_revocation_list_info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> estuary_cert_revocation_list_info_t {
+    ffi_boundary!({ info_from_buffer(data, size) })
+}
+
+/// The name a port from Anjay gets for avs_crypto_cert_revocation_list_info_t: the same type
+/// as estuary_cert_revocation_list_info_t.
+pub type estuary_crypto_cert_revocation_list_info_t = estuary_cert_revocation_list_info_t;
+
+/// The same as estuary_cert_revocation_list_info_from_file() (the port of
+/// avs_crypto_cert_revocation_list_info_from_file()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_file(
+    filename: *const c_char,
+) -> estuary_crypto_cert_revocation_list_info_t {
+    ffi_boundary!({ info_from_file(filename) })
+}
+
+/// The same as estuary_cert_revocation_list_info_from_path() (the port of
+/// avs_crypto_cert_revocation_list_info_from_path()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_path(
+    path: *const c_char,
+) -> estuary_crypto_cert_revocation_list_info_t {
+    ffi_boundary!({ info_from_path(path) })
+}
+
+/// The same as estuary_cert_revocation_list_info_from_buffer() (the port of
+/// avs_crypto_cert_revocation_list_info_from_buffer()).
+#[no_mangle]
+pub extern "C" fn estuary_crypto_cert_revocation_list_info_from_buffer(
+    data: *const c_void,
+    size: usize,
+) -> estuary_crypto_cert_revocation_list_info_t {
+    ffi_boundary!({ info_from_buffer(data, size) })
 }
 
 fn or_default(v: usize, default: usize) -> usize {
@@ -404,9 +641,53 @@ impl estuary_configuration_t {
             }
             HandshakeTimers { min, max }
         };
+        // Engines are a later feature: refuse clearly rather than ignore the addresses.
+        let engine_fields = [
+            (
+                "est_engine_key_address",
+                self.est_engine_key_address.is_null(),
+            ),
+            (
+                "est_engine_cert_address",
+                self.est_engine_cert_address.is_null(),
+            ),
+            (
+                "est_engine_cacerts_address_gen_cb",
+                self.est_engine_cacerts_address_gen_cb.is_none(),
+            ),
+            (
+                "est_engine_cacerts_address_gen_cb_arg",
+                self.est_engine_cacerts_address_gen_cb_arg.is_null(),
+            ),
+        ];
+        let set: Vec<&str> = engine_fields
+            .iter()
+            .filter(|(_, null)| !null)
+            .map(|(name, _)| *name)
+            .collect();
+        if !set.is_empty() {
+            return Err(Refusal::new(
+                ESTUARY_ERR_NOT_SUPPORTED,
+                format!(
+                    "config->{} set, but hardware security engines are not in this build \
+                     (leave the est_engine_* fields NULL for keys and certificates in memory)",
+                    set.join(", config->")
+                ),
+            ));
+        }
+        if !self.lwm2m_version_config.is_null() {
+            // SAFETY: non-NULL, valid per the caller.
+            unsafe { arg_ref(self.lwm2m_version_config, "config->lwm2m_version_config") }?
+                .check()?;
+        }
         // SAFETY: forwarded from the caller.
-        let trust_store_certs =
+        let mut trust_store_certs =
             unsafe { self.trust_store_certs.load("config->trust_store_certs") }?;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.trust_store_crls
+                .load_crls("config->trust_store_crls", &mut trust_store_certs)
+        }?;
         let est_reenroll = if self.est_reenroll_config.is_null() {
             ReenrollConfig::default()
         } else {
@@ -457,6 +738,12 @@ mod tests {
             confirmable_notifications: false,
             est_reenroll_config: std::ptr::null(),
             est_cacerts_policy: 0,
+            trust_store_crls: estuary_certificate_chain_info_t::EMPTY,
+            lwm2m_version_config: std::ptr::null(),
+            est_engine_key_address: std::ptr::null(),
+            est_engine_cert_address: std::ptr::null(),
+            est_engine_cacerts_address_gen_cb: None,
+            est_engine_cacerts_address_gen_cb_arg: std::ptr::null_mut(),
         }
     }
 
@@ -651,7 +938,21 @@ mod tests {
             Some(Duration::from_secs(7 * 86_400))
         );
         assert!(d.client.est_reenroll.rekey);
+        assert_eq!(d.client.est_reenroll.sren_attempts_count, 3);
         assert_eq!(d.client.est_cacerts_policy, CacertsPolicy::ForEstSecurity);
+
+        // The seed's block (Anjay's struct has no sren_attempts_count) leaves it 0: default.
+        let seed = estuary_est_reenroll_config_t {
+            sren_attempts_count: 0,
+            ..re
+        };
+        c.est_reenroll_config = &seed;
+        // SAFETY: as above.
+        let d = unsafe { c.to_driver_config() }.map_err(|r| r.code).unwrap();
+        assert_eq!(
+            d.client.est_reenroll.sren_attempts_count,
+            ReenrollConfig::default().sren_attempts_count
+        );
 
         // A zero or negative margin means "no limit"; a broken duration is refused.
         let mut no_limit = re;
@@ -679,5 +980,159 @@ mod tests {
                 .map_err(|r| r.code),
             Err(ESTUARY_ERR_INVALID_ARGUMENT)
         );
+    }
+
+    #[test]
+    fn ffi_engine_addresses_are_refused_not_ignored() {
+        unsafe extern "C" fn gen(_: *mut c_void, _: *const c_void, _: usize) -> *const c_char {
+            std::ptr::null()
+        }
+        let mut buf = [0u8; 8];
+        let base = {
+            let mut c = zeroed();
+            c.endpoint_name = c"dev".as_ptr();
+            c
+        };
+        let key = c"pkcs11:token=MyToken;object=EstClientKey;pin-value=1234";
+        let variants: [(&str, estuary_configuration_t); 4] = [
+            (
+                "est_engine_key_address",
+                estuary_configuration_t {
+                    est_engine_key_address: key.as_ptr(),
+                    ..base
+                },
+            ),
+            (
+                "est_engine_cert_address",
+                estuary_configuration_t {
+                    est_engine_cert_address: key.as_ptr(),
+                    ..base
+                },
+            ),
+            (
+                "est_engine_cacerts_address_gen_cb",
+                estuary_configuration_t {
+                    est_engine_cacerts_address_gen_cb: Some(gen),
+                    ..base
+                },
+            ),
+            (
+                "est_engine_cacerts_address_gen_cb_arg",
+                estuary_configuration_t {
+                    est_engine_cacerts_address_gen_cb_arg: buf.as_mut_ptr().cast(),
+                    ..base
+                },
+            ),
+        ];
+        for (field, c) in variants {
+            // SAFETY: pointers to live locals and literals.
+            let r = unsafe { c.to_driver_config() }.map(|_| ());
+            let Err(refusal) = r else {
+                panic!("{field} was accepted")
+            };
+            assert_eq!(refusal.code, ESTUARY_ERR_NOT_SUPPORTED, "{field}");
+            assert!(
+                refusal.message.contains(field)
+                    && refusal.message.contains("engines are not in this build"),
+                "{}",
+                refusal.message
+            );
+        }
+    }
+
+    #[test]
+    fn ffi_lwm2m_version_range_must_include_1_1() {
+        let mut c = zeroed();
+        c.endpoint_name = c"dev".as_ptr();
+        let v = |min, max| estuary_lwm2m_version_config_t {
+            minimum_version: min,
+            maximum_version: max,
+        };
+        let (v10, v11, v12) = (
+            ESTUARY_LWM2M_VERSION_1_0,
+            ESTUARY_LWM2M_VERSION_1_1,
+            ESTUARY_LWM2M_VERSION_1_2,
+        );
+        for (range, expected) in [
+            (v(v10, v11), Ok(())),
+            (v(v11, v11), Ok(())),
+            (v(v10, v12), Ok(())),
+            (v(v10, v10), Err(ESTUARY_ERR_NOT_SUPPORTED)),
+            (v(v12, v12), Err(ESTUARY_ERR_NOT_SUPPORTED)),
+            (v(v12, v10), Err(ESTUARY_ERR_INVALID_ARGUMENT)),
+            (v(v10, 3), Err(ESTUARY_ERR_INVALID_ARGUMENT)),
+            (v(-1, v11), Err(ESTUARY_ERR_INVALID_ARGUMENT)),
+        ] {
+            c.lwm2m_version_config = &range;
+            // SAFETY: pointers to live locals and literals.
+            let got = unsafe { c.to_driver_config() }
+                .map(|_| ())
+                .map_err(|r| r.code);
+            assert_eq!(got, expected, "{range:?}");
+        }
+    }
+
+    #[test]
+    fn ffi_trust_store_crls_are_loaded_into_the_trust_store() {
+        let mut rng = crate::crypto::Drbg::from_seed(5);
+        let ca = crate::crypto::CertificateIssuer::new_root_ca(
+            crate::crypto::KeyPair::generate(&mut rng).unwrap(),
+            "CN=trust",
+            crate::time::UtcTime::from_unix_seconds(0),
+            crate::time::UtcTime::from_unix_seconds(1 << 31),
+            &mut rng,
+        )
+        .unwrap();
+        let pem = ca.certificate().to_pem();
+        // A CRL made by OpenSSL (see crypto::trust's tests), as PEM.
+        let crl = "-----BEGIN X509 CRL-----\n\
+MIHEMGwCAQEwCgYIKoZIzj0EAwIwFjEUMBIGA1UEAwwLQ1JMIFRlc3QgQ0EXDTI2\n\
+MTEyMzExMzA0NloYDzIxMjYxMDMwMTEzMDQ2WjAjMCECAhABFw0yNjExMjMxMTMw\n\
+NDZaMAwwCgYDVR0VBAMKAQEwCgYIKoZIzj0EAwIDSAAwRQIhAOc5JAqJ+IfvUxTO\n\
+miQO+fipzdhw6kKiphNwS99DuyZaAiB0tKFNgStb02paB1MbHKxN4wNeUMhwvFjY\n\
+4a0t3omC8A==\n\
+-----END X509 CRL-----\n";
+        let dir = std::env::temp_dir().join(format!("estuary-crls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.crl"), crl).unwrap();
+        std::fs::write(dir.join("ca.pem"), &pem).unwrap();
+        let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        let file = std::ffi::CString::new(dir.join("a.crl").to_str().unwrap()).unwrap();
+
+        let mut c = zeroed();
+        c.endpoint_name = c"dev".as_ptr();
+        c.trust_store_certs =
+            estuary_certificate_chain_info_from_buffer(pem.as_ptr().cast(), pem.len());
+        let load = |c: &estuary_configuration_t| {
+            // SAFETY: pointers to live locals and literals.
+            unsafe { c.to_driver_config() }.map(|d| d.client.trust_store_certs)
+        };
+        assert_eq!(load(&c).map(|t| t.crl_count()).ok(), Some(0));
+        for info in [
+            estuary_cert_revocation_list_info_from_buffer(crl.as_ptr().cast(), crl.len()),
+            estuary_cert_revocation_list_info_from_file(file.as_ptr()),
+            // The directory also holds a certificate, which is skipped.
+            estuary_cert_revocation_list_info_from_path(path.as_ptr()),
+        ] {
+            c.trust_store_crls = info;
+            let store = load(&c).map_err(|r| r.message).unwrap();
+            assert_eq!((store.len(), store.crl_count()), (1, 1));
+        }
+        // A certificate where a CRL is expected, and a directory without CRLs, are refused.
+        c.trust_store_crls =
+            estuary_cert_revocation_list_info_from_buffer(pem.as_ptr().cast(), pem.len());
+        assert_eq!(
+            load(&c).map(|_| ()).map_err(|r| r.code),
+            Err(ESTUARY_ERR_INVALID_ARGUMENT)
+        );
+        std::fs::remove_file(dir.join("a.crl")).unwrap();
+        c.trust_store_crls = estuary_cert_revocation_list_info_from_path(path.as_ptr());
+        let err = load(&c).map(|_| ()).map_err(|r| r.message.into_owned());
+        assert!(
+            err.as_ref()
+                .is_err_and(|m| m.contains("no CRL in directory")),
+            "{err:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,9 @@ pub struct estuary_est_status_t {
     pub subject: [c_char; 256],
     /// The certificate's serial number in hex; NUL-terminated.
     pub serial: [c_char; 64],
+    /// The certificate's notBefore.
     pub not_before: i64,
+    /// The certificate's notAfter.
     pub not_after: i64,
     /// When the certificate was installed (the start of the re-enrollment schedule).
     pub provisioned_at: i64,

@@ -400,6 +400,12 @@ mod tests {
             confirmable_notifications: false,
             est_reenroll_config: std::ptr::null(),
             est_cacerts_policy: 0,
+            trust_store_crls: crate::ffi::config::estuary_certificate_chain_info_t::EMPTY,
+            lwm2m_version_config: std::ptr::null(),
+            est_engine_key_address: std::ptr::null(),
+            est_engine_cert_address: std::ptr::null(),
+            est_engine_cacerts_address_gen_cb: None,
+            est_engine_cacerts_address_gen_cb_arg: std::ptr::null_mut(),
         };
         // SAFETY: every pointer is NULL or points to a live local for the whole test.
         unsafe {

@@ -217,7 +217,10 @@ pub unsafe extern "C" fn estuary_attr_storage_is_modified(estuary: *mut estuary_
 /// provisioning time) to `out_stream`. The stream then holds a private key: use a 0600 file
 /// or protected flash. While a bootstrap or EST exchange is in flight (see
 /// estuary_est_state_is_ready_for_persistence()) it returns ESTUARY_ERR_STATE, logs why and
-/// writes nothing: keep the previously persisted state then.
+/// writes nothing: keep the previously persisted state then (a file stream opened with
+/// ESTUARY_STREAM_FILE_WRITE was already truncated when it was opened; check
+/// estuary_est_state_is_ready_for_persistence() first, or use
+/// estuary_persistence_save_file(), which leaves the old file in place).
 #[no_mangle]
 pub unsafe extern "C" fn estuary_est_state_persist(
     estuary: *mut estuary_t,
@@ -313,12 +316,23 @@ pub unsafe extern "C" fn estuary_persistence_restore_file(
         unsafe {
             with_estuary(estuary, |inner| {
                 not_running(inner)?;
-                let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        Refusal::new(ESTUARY_ERR_NOT_FOUND, format!("{path} does not exist"))
+                let bytes = match std::fs::read(&path) {
+                    Ok(b) => b,
+                    // A first start, not a fault: said at info level, not as an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        log::info!(
+                            target: "estuary::ffi",
+                            "estuary_persistence_restore_file: {path} does not exist; nothing to restore"
+                        );
+                        return Ok(ESTUARY_ERR_NOT_FOUND);
                     }
-                    _ => Refusal::new(ESTUARY_ERR_IO, format!("cannot read {path}: {e}")),
-                })?;
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            ESTUARY_ERR_IO,
+                            format!("cannot read {path}: {e}"),
+                        ))
+                    }
+                };
                 let snap = Snapshot::decode(&bytes).map_err(|e| {
                     let r = Refusal::from(e);
                     Refusal::new(r.code, format!("{path}: {}", r.message))
@@ -700,5 +714,133 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A started client whose bootstrap is in flight (it has no management account): its
+    /// Bootstrap-Request went to a local UDP socket that never answers.
+    fn bootstrapping(silent: &std::net::UdpSocket) -> *mut estuary_t {
+        use crate::ffi::lifecycle::{estuary_event_loop_interrupt, estuary_event_loop_run};
+        use crate::ffi::objects::ESTUARY_SECURITY_NOSEC;
+        use crate::ffi::time::ESTUARY_TIME_DURATION_ZERO;
+        let e = client(c"persist-busy");
+        let uri = std::ffi::CString::new(format!(
+            "coap://127.0.0.1:{}",
+            silent.local_addr().unwrap().port()
+        ))
+        .unwrap();
+        // SAFETY: zeroed is a valid bit pattern for this C struct; fields set below.
+        let mut bs: estuary_security_instance_t = unsafe { std::mem::zeroed() };
+        bs.server_uri = uri.as_ptr();
+        bs.bootstrap_server = true;
+        bs.security_mode = ESTUARY_SECURITY_NOSEC;
+        bs.client_holdoff_s = -1;
+        bs.bootstrap_timeout_s = -1;
+        let mut iid = ESTUARY_ID_INVALID;
+        // SAFETY: live handle and structs.
+        unsafe {
+            assert_eq!(estuary_security_object_install(e), 0);
+            assert_eq!(estuary_security_object_add_instance(e, &bs, &mut iid), 0);
+            // Start the client: an interrupt first makes the run return at once.
+            assert_eq!(estuary_event_loop_interrupt(e), 0);
+            assert_eq!(estuary_event_loop_run(e, ESTUARY_TIME_DURATION_ZERO), 0);
+        }
+        e
+    }
+
+    #[test]
+    fn est_state_is_not_persisted_while_in_flight_and_nothing_is_written() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = bootstrapping(&silent);
+        let dir = std::env::temp_dir().join(format!("estuary-persist-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("state.bin");
+        std::fs::write(&file, b"previous state").unwrap();
+        let path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        let s = estuary_stream_membuf_create();
+        // SAFETY: live handles, local buffers and C strings.
+        unsafe {
+            assert_eq!(estuary_stream_membuf_write(s, b"kept".as_ptr(), 4), 0);
+            assert!(!estuary_est_state_is_ready_for_persistence(e));
+            assert_eq!(estuary_est_state_persist(e, s), ESTUARY_ERR_STATE);
+            assert_eq!(membuf_bytes(s), b"kept");
+            assert_eq!(
+                estuary_persistence_save_file(e, path.as_ptr()),
+                ESTUARY_ERR_STATE
+            );
+            assert!(!dir.join("state.bin.tmp").exists());
+            // The data-model parts can still be persisted; restoring into a running
+            // client is refused.
+            assert_eq!(estuary_security_object_persist(e, s), 0);
+            assert_eq!(estuary_security_object_restore(e, s), ESTUARY_ERR_STATE);
+            assert_eq!(
+                estuary_persistence_restore_file(e, path.as_ptr()),
+                ESTUARY_ERR_STATE
+            );
+            let mut st = std::mem::MaybeUninit::<super::super::est::estuary_est_status_t>::zeroed();
+            assert_eq!(
+                super::super::est::estuary_est_status_get(e, st.as_mut_ptr()),
+                0
+            );
+            let st = st.assume_init();
+            assert!(st.operation_in_progress && !st.enrolled && !st.reenrollment_scheduled);
+            estuary_stream_delete(s);
+            estuary_delete(e);
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"previous state");
+        // The request really was sent.
+        let mut buf = [0u8; 512];
+        silent
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert!(silent.recv(&mut buf).unwrap() > 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    struct Flash {
+        data: Vec<u8>,
+        limit: usize,
+    }
+
+    /// Takes what fits below `limit`, then fails: a flash region that fills up mid-write.
+    unsafe extern "C" fn flash_write(
+        arg: *mut std::ffi::c_void,
+        data: *const u8,
+        size: usize,
+    ) -> c_int {
+        // SAFETY: `arg` is the test's Flash, `data` has `size` bytes.
+        let f = unsafe { &mut *(arg as *mut Flash) };
+        // SAFETY: as above.
+        let data = unsafe { std::slice::from_raw_parts(data, size) };
+        let room = f.limit - f.data.len();
+        f.data.extend_from_slice(&data[..size.min(room)]);
+        if size > room {
+            -28
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn a_callback_stream_failing_mid_write_is_reported() {
+        use crate::ffi::stream::estuary_stream_from_callbacks;
+        let a = client(c"persist-flash");
+        provision(a);
+        seed_attributes_and_est(a);
+        let mut flash = Flash {
+            data: Vec::new(),
+            limit: 200,
+        };
+        let s = estuary_stream_from_callbacks(None, Some(flash_write), (&raw mut flash).cast());
+        // SAFETY: live handles.
+        unsafe {
+            assert_eq!(estuary_attr_storage_persist(a, s), 0);
+            assert_eq!(estuary_est_state_persist(a, s), ESTUARY_ERR_IO);
+            // Not recorded as saved.
+            assert!(estuary_est_state_is_modified(a));
+            assert!(!estuary_attr_storage_is_modified(a));
+            estuary_stream_delete(s);
+            estuary_delete(a);
+        }
+        assert_eq!(flash.data.len(), 200);
     }
 }

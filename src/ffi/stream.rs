@@ -285,7 +285,6 @@ pub unsafe extern "C" fn estuary_stream_delete(stream: *mut estuary_stream_t) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn rw(s: *mut estuary_stream_t) -> &'static mut StreamKind {
         // SAFETY: tests pass live streams from the create functions.
@@ -320,6 +319,15 @@ mod tests {
         // SAFETY: valid C string.
         let w = unsafe { estuary_stream_file_create(c.as_ptr(), ESTUARY_STREAM_FILE_WRITE) };
         assert!(!w.is_null());
+        rw(w).write_all(b"abc").unwrap();
+        // SAFETY: created above.
+        unsafe { estuary_stream_delete(w) };
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // An existing file with a wider mode is narrowed when opened for writing.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // SAFETY: valid C string.
+        let w = unsafe { estuary_stream_file_create(c.as_ptr(), ESTUARY_STREAM_FILE_WRITE) };
         rw(w).write_all(b"abc").unwrap();
         // SAFETY: created above.
         unsafe { estuary_stream_delete(w) };

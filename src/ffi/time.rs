@@ -12,7 +12,9 @@ use super::{ffi_boundary, Refusal};
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct estuary_time_duration_t {
+    /// Whole seconds (negative for a negative duration).
     pub seconds: i64,
+    /// Nanoseconds added to `seconds`: 0 to 999999999 in a valid duration.
     pub nanoseconds: i32,
 }
 

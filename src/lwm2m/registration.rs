@@ -15,6 +15,7 @@ use crate::coap::{
 use crate::time::Instant;
 
 use super::uri::ServerUri;
+use crate::dm::objects::ServerInstance;
 
 /// Where a session stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,10 +62,91 @@ pub struct RegistrationParams {
     pub object_links: String,
 }
 
-/// Back-off for failed registrations: first retry after this, doubling.
-const RETRY_BASE: Duration = Duration::from_secs(30);
-/// Upper bound of the back-off, so a dead network never leads to a tight loop.
-const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Shortest wait between two registration attempts, whatever the Server object says, so a
+/// server that refuses at once never gets a tight loop.
+const MIN_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// Shortest wait between two communication sequences (a Communication Sequence Delay
+/// Timer of 0 would otherwise restart the sequence at once, forever).
+const MIN_SEQUENCE_DELAY: Duration = Duration::from_secs(60);
+/// Largest exponent of the retry back-off (2^16 × the timer is far beyond any sane wait).
+const MAX_BACKOFF_EXPONENT: u32 = 16;
+
+/// How registration attempts to one server are retried: the Server object's /1/x/16..20
+/// (LwM2M 1.1 TS §6.2.1.1 and Appendix E.2), with the specification's defaults for
+/// resources that are not set.
+///
+/// A *communication sequence* is `retry_count` attempts; after the n-th failed attempt of a
+/// sequence the next one waits `retry_timer × 2^(n−1)`. After a failed sequence the next
+/// one starts `sequence_delay` later; after `sequence_retry_count` failed sequences the
+/// registration has failed, and the client bootstraps again if `bootstrap_on_failure`
+/// (and every other server failed too). Otherwise sequences go on, `sequence_delay` apart.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// /1/x/17 Communication Retry Count (default 5, at least 1).
+    pub retry_count: u32,
+    /// /1/x/18 Communication Retry Timer (default 60 s).
+    pub retry_timer: Duration,
+    /// /1/x/19 Communication Sequence Delay Timer (default 86400 s); `None` for its
+    /// MAX_VALUE, "do not perform another communication sequence".
+    pub sequence_delay: Option<Duration>,
+    /// /1/x/20 Communication Sequence Retry Count (default 1, at least 1).
+    pub sequence_retry_count: u32,
+    /// /1/x/16 Bootstrap on Registration Failure (default true).
+    pub bootstrap_on_failure: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retry_count: 5,
+            retry_timer: Duration::from_secs(60),
+            sequence_delay: Some(Duration::from_secs(86_400)),
+            sequence_retry_count: 1,
+            bootstrap_on_failure: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The policy of a Server instance: its /1/x/16..20, defaults for what is unset.
+    pub fn from_server(srv: &ServerInstance) -> Self {
+        let d = RetryPolicy::default();
+        let secs = |s: u64| Duration::from_secs(s.min(u64::from(u32::MAX)));
+        let count = |n: Option<u64>, default: u32| {
+            n.map_or(default, |n| u32::try_from(n).unwrap_or(u32::MAX).max(1))
+        };
+        RetryPolicy {
+            retry_count: count(srv.communication_retry_count, d.retry_count),
+            retry_timer: srv.communication_retry_timer.map_or(d.retry_timer, secs),
+            sequence_delay: match srv.communication_sequence_delay_timer {
+                None => d.sequence_delay,
+                Some(s) if s >= u64::from(u32::MAX) => None,
+                Some(s) => Some(secs(s)),
+            },
+            sequence_retry_count: count(
+                srv.communication_sequence_retry_count,
+                d.sequence_retry_count,
+            ),
+            bootstrap_on_failure: srv
+                .bootstrap_on_registration_failure
+                .unwrap_or(d.bootstrap_on_failure),
+        }
+    }
+
+    /// The wait after the `n`-th failed attempt of a sequence (n ≥ 1) when another attempt
+    /// of the same sequence follows.
+    pub fn retry_wait(&self, n: u32) -> Duration {
+        let exp = n.saturating_sub(1).min(MAX_BACKOFF_EXPONENT);
+        self.retry_timer
+            .saturating_mul(1u32 << exp)
+            .max(MIN_RETRY_WAIT)
+    }
+
+    /// The wait before the next sequence, or `None` when no further sequence is allowed.
+    pub fn sequence_wait(&self) -> Option<Duration> {
+        self.sequence_delay.map(|d| d.max(MIN_SEQUENCE_DELAY))
+    }
+}
 
 /// One management server.
 #[derive(Debug)]
@@ -78,6 +160,16 @@ pub struct ServerSession {
     /// Parameters in flight with an Update.
     pending: Option<RegistrationParams>,
     failures: u32,
+    /// Failed attempts in the current communication sequence.
+    seq_attempts: u32,
+    /// Failed sequences of the current registration attempt.
+    sequences: u32,
+    /// Every sequence of a registration attempt failed (until the next success).
+    registration_failed: bool,
+    /// No further attempt: the sequences are exhausted and the Sequence Delay Timer says
+    /// never again.
+    stopped: bool,
+    retry: RetryPolicy,
     update_requested: bool,
     /// When the Register or Update in flight was sent: the server starts the lifetime when
     /// it receives it, which is no earlier, so the lifetime is counted from here.
@@ -96,6 +188,11 @@ impl ServerSession {
             registered: None,
             pending: None,
             failures: 0,
+            seq_attempts: 0,
+            sequences: 0,
+            registration_failed: false,
+            stopped: false,
+            retry: RetryPolicy::default(),
             update_requested: false,
             sent_at: now,
             reenable_at: None,
@@ -119,14 +216,43 @@ impl ServerSession {
         self.endpoint.cancel_all();
         self.registered = None;
         self.pending = None;
-        self.failures = 0;
+        self.reset_retries();
         self.update_requested = false;
         self.state = RegistrationState::Idle { retry_at: now };
+    }
+
+    fn reset_retries(&mut self) {
+        self.failures = 0;
+        self.seq_attempts = 0;
+        self.sequences = 0;
+        self.registration_failed = false;
+        self.stopped = false;
     }
 
     /// Registration attempts that failed in a row (0 once registered).
     pub fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// Sets how failed attempts are retried (from the Server object; takes effect at the
+    /// next failure).
+    pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
+        self.retry = policy;
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// True once every communication sequence of the registration failed (until the next
+    /// successful registration): the moment to fall back to bootstrap, if allowed.
+    pub fn registration_failed(&self) -> bool {
+        self.registration_failed
+    }
+
+    /// True when the session makes no further attempt (sequences exhausted, no next one).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// How long before expiry an Update is sent: half the lifetime for short lifetimes,
@@ -200,19 +326,48 @@ impl ServerSession {
 
     fn fail(&mut self, now: Instant, reason: String) -> Option<SessionEvent> {
         self.failures = self.failures.saturating_add(1);
-        let backoff = RETRY_BASE
-            .saturating_mul(1u32 << self.failures.saturating_sub(1).min(16))
-            .min(RETRY_MAX);
-        warn!(
-            "ssid={} registration failed ({reason}); retrying in {}s",
-            self.ssid,
-            backoff.as_secs()
-        );
+        self.seq_attempts = self.seq_attempts.saturating_add(1);
         self.registered = None;
         self.pending = None;
-        self.state = RegistrationState::Idle {
-            retry_at: now + backoff,
+        let policy = self.retry;
+        let wait = if self.seq_attempts < policy.retry_count.max(1) {
+            Some(policy.retry_wait(self.seq_attempts))
+        } else {
+            // This communication sequence failed.
+            self.seq_attempts = 0;
+            self.sequences = self.sequences.saturating_add(1);
+            if self.sequences >= policy.sequence_retry_count.max(1) {
+                self.sequences = 0;
+                self.registration_failed = true;
+                warn!(
+                    "ssid={}: registration failed after {} communication sequence(s)",
+                    self.ssid,
+                    policy.sequence_retry_count.max(1)
+                );
+            }
+            policy.sequence_wait()
         };
+        match wait {
+            Some(wait) => {
+                warn!(
+                    "ssid={} registration failed ({reason}); retrying in {}s",
+                    self.ssid,
+                    wait.as_secs()
+                );
+                self.state = RegistrationState::Idle {
+                    retry_at: now + wait,
+                };
+            }
+            None => {
+                warn!(
+                    "ssid={} registration failed ({reason}); the Communication Sequence \
+                     Delay Timer allows no further sequence",
+                    self.ssid
+                );
+                self.stopped = true;
+                self.state = RegistrationState::Idle { retry_at: now };
+            }
+        }
         Some(SessionEvent::RegistrationFailed { reason })
     }
 
@@ -237,12 +392,13 @@ impl ServerSession {
                 return;
             }
             self.reenable_at = None;
+            self.reset_retries();
             self.registered = None;
             self.pending = None;
             self.state = RegistrationState::Idle { retry_at: now };
         }
         match self.state.clone() {
-            RegistrationState::Idle { retry_at } if retry_at <= now => {
+            RegistrationState::Idle { retry_at } if retry_at <= now && !self.stopped => {
                 self.send_register(now, params)
             }
             RegistrationState::Registered {
@@ -300,7 +456,7 @@ impl ServerSession {
                 let params = self.pending.take()?;
                 self.enter_registered(self.sent_at, location.clone(), &params);
                 self.registered = Some(params);
-                self.failures = 0;
+                self.reset_retries();
                 info!("ssid={} registered at /{}", self.ssid, location.join("/"));
                 Some(SessionEvent::Registered {
                     location: format!("/{}", location.join("/")),
@@ -395,6 +551,7 @@ impl ServerSession {
     /// When this session next needs `on_timeout`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let own = match &self.state {
+            RegistrationState::Idle { .. } if self.stopped => None,
             RegistrationState::Idle { retry_at } => Some(*retry_at),
             RegistrationState::Registered { update_at, .. } => Some(*update_at),
             RegistrationState::Deregistered => self.reenable_at,
@@ -404,5 +561,32 @@ impl ServerSession {
             .into_iter()
             .flatten()
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_from_the_server_object() {
+        let mut srv = ServerInstance::new(1, 60);
+        assert_eq!(RetryPolicy::from_server(&srv), RetryPolicy::default());
+        let d = RetryPolicy::default();
+        assert_eq!(d.retry_wait(1), Duration::from_secs(60));
+        assert_eq!(d.retry_wait(4), Duration::from_secs(480));
+        assert_eq!(d.sequence_wait(), Some(Duration::from_secs(86_400)));
+        srv.communication_retry_timer = Some(0);
+        srv.communication_sequence_delay_timer = Some(0);
+        srv.bootstrap_on_registration_failure = Some(false);
+        let p = RetryPolicy::from_server(&srv);
+        // Never a tight loop: at least 1 s between attempts, 60 s between sequences.
+        assert_eq!(p.retry_wait(1), MIN_RETRY_WAIT);
+        assert_eq!(p.sequence_wait(), Some(MIN_SEQUENCE_DELAY));
+        assert!(!p.bootstrap_on_failure);
+        srv.communication_sequence_delay_timer = Some(u64::from(u32::MAX));
+        assert_eq!(RetryPolicy::from_server(&srv).sequence_wait(), None);
+        srv.communication_retry_timer = Some(u64::MAX);
+        assert!(RetryPolicy::from_server(&srv).retry_wait(40) > Duration::from_secs(1 << 40));
     }
 }

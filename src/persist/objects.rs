@@ -10,6 +10,7 @@ use super::PersistError;
 use crate::dm::objects::{
     SecurityInstance, SecurityMode, SecurityObject, ServerInstance, ServerObject,
 };
+use crate::dm::Value as DmValue;
 
 /// Format versions written (and the newest read).
 pub const SECURITY_VERSION: u16 = 1;
@@ -126,6 +127,13 @@ pub fn server_persist(obj: &ServerObject) -> Result<Vec<u8>, PersistError> {
             res.extend(opt(2, i.default_min_period));
             res.extend(opt(3, i.default_max_period));
             res.extend(opt(5, i.disable_timeout));
+            res.extend(
+                i.bootstrap_on_registration_failure
+                    .map(|b| (16, Value::Bool(b))),
+            );
+            for (rid, n) in i.retry_resources() {
+                res.extend(n.map(|n| (u64::from(rid), Value::from(n))));
+            }
             Value::Array(vec![Value::from(iid), cbor::map(res)])
         })
         .collect();
@@ -150,6 +158,20 @@ pub fn server_restore(input: &[u8]) -> Result<(ServerObject, usize), PersistErro
         inst.disable_timeout = f.opt_int(5)?;
         inst.notification_storing = f.boolean(6)?;
         inst.binding = f.text(7)?;
+        // The retry resources (16..20) go through the Bootstrap-Write checks, so a stream
+        // cannot restore what a Bootstrap-Server could not have written.
+        if let Some(v) = f.get(16) {
+            let b = v
+                .as_bool()
+                .ok_or_else(|| PersistError::malformed("/1/x/16 is not a boolean"))?;
+            inst.bootstrap_on_registration_failure = Some(b);
+        }
+        for rid in 17..=20u16 {
+            if let Some(n) = f.opt_int(u64::from(rid))? {
+                inst.set_resource(rid, DmValue::Integer(n))
+                    .map_err(|e| PersistError::malformed(format!("/1/{iid}/{rid}: {e}")))?;
+            }
+        }
         obj.insert(iid, inst)
             .map_err(|e| PersistError::malformed(format!("/1/{iid}: {e}")))?;
     }
@@ -185,6 +207,11 @@ mod tests {
         s.default_min_period = Some(5);
         s.default_max_period = Some(60);
         s.binding = "UQ".into();
+        s.bootstrap_on_registration_failure = Some(false);
+        s.communication_retry_count = Some(2);
+        s.communication_retry_timer = Some(10);
+        s.communication_sequence_delay_timer = Some(u64::from(u32::MAX));
+        s.communication_sequence_retry_count = Some(3);
         o.insert(2, s).unwrap();
         o
     }
@@ -211,6 +238,24 @@ mod tests {
 
         let empty = security_persist(&SecurityObject::default()).unwrap();
         assert_eq!(security_restore(&empty).unwrap().0.iter().count(), 0);
+    }
+
+    #[test]
+    fn a_retry_count_a_bootstrap_server_could_not_write_is_refused() {
+        let inst = cbor::map(vec![
+            (0, Value::from(7)),
+            (1, Value::from(300)),
+            (6, Value::Bool(false)),
+            (7, Value::Text("U".into())),
+            (17, Value::from(0)),
+        ]);
+        let payload = cbor::to_bytes(&Value::Array(vec![Value::Array(vec![
+            Value::from(0),
+            inst,
+        ])]));
+        let bytes = frame::write(Part::Server, SERVER_VERSION, &payload).unwrap();
+        let err = server_restore(&bytes).unwrap_err().to_string();
+        assert!(err.contains("/1/0/17"), "{err}");
     }
 
     #[test]

@@ -140,3 +140,80 @@ impl Snapshot {
         Snapshot::decode(input)?.apply(client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dm::objects::{SecurityInstance, ServerInstance};
+    use crate::dm::Path;
+    use crate::lwm2m::attributes::{AttributeStore, Attributes};
+    use crate::rng::SeededRng;
+    use crate::time::{Instant, Now, UtcTime};
+    use crate::ClientConfig;
+
+    fn client(name: &str) -> Client {
+        Client::new(ClientConfig::new(name), Box::new(SeededRng::new(1))).unwrap()
+    }
+
+    fn full() -> Client {
+        let mut c = client("full");
+        let dm = c.data_model_mut();
+        dm.security
+            .insert(3, SecurityInstance::nosec("coap://127.0.0.1:5683", 7))
+            .unwrap();
+        dm.server.insert(0, ServerInstance::new(7, 60)).unwrap();
+        let mut a = AttributeStore::default();
+        a.set(
+            Path::instance(3, 0),
+            Attributes {
+                pmin: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        c.restore_attribute_storage([(7, a)].into());
+        c.restore_est_state(crate::persist::est::enrolled_for_tests(3));
+        c
+    }
+
+    #[test]
+    fn all_parts_round_trip_and_install_together() {
+        let a = full();
+        let bytes = Snapshot::encode(&a).unwrap();
+        let snap = Snapshot::decode(&bytes).unwrap();
+        let parts: Vec<Part> = snap.part_bytes().map(|(p, _)| p).collect();
+        assert_eq!(parts, PARTS);
+        let total: usize = snap.part_bytes().map(|(_, b)| b.len()).sum();
+        assert_eq!(total, bytes.len());
+        let mut b = client("b");
+        snap.apply(&mut b).unwrap();
+        assert_eq!(Snapshot::encode(&b).unwrap(), bytes);
+        assert_eq!(b.attribute_storage().count(), 1);
+        assert!(b.est_state().is_enrolled());
+    }
+
+    #[test]
+    fn a_started_client_is_not_restored() {
+        let bytes = Snapshot::encode(&full()).unwrap();
+        let mut c = client("running");
+        c.data_model_mut()
+            .security
+            .insert(0, SecurityInstance::nosec("coap://127.0.0.1:5683", 9))
+            .unwrap();
+        c.data_model_mut()
+            .server
+            .insert(0, ServerInstance::new(9, 60))
+            .unwrap();
+        c.start(Now::new(
+            Instant::from_millis(0),
+            UtcTime::from_unix_seconds(0),
+        ))
+        .unwrap();
+        let before = Snapshot::encode(&c).unwrap();
+        assert_eq!(
+            Snapshot::restore(&mut c, &bytes),
+            Err(PersistError::ClientStarted)
+        );
+        assert_eq!(Snapshot::encode(&c).unwrap(), before);
+    }
+}

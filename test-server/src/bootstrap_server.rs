@@ -231,6 +231,8 @@ pub struct BootstrapServer {
     names: HashMap<SocketAddr, String>,
     tx: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<BootstrapEvent>,
+    /// EST requests acknowledged with an empty ACK, answered when due (`est-delay`).
+    delayed: Vec<(Instant, SocketAddr, InboundRequest)>,
 }
 
 impl BootstrapServer {
@@ -247,6 +249,7 @@ impl BootstrapServer {
             names: HashMap::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
+            delayed: Vec::new(),
         }
     }
 
@@ -275,6 +278,7 @@ impl BootstrapServer {
         self.names.remove(&peer);
         self.runs.remove(&peer);
         self.peers.remove(&peer);
+        self.delayed.retain(|(_, p, _)| *p != peer);
     }
 
     /// True while a provisioning run for `endpoint` is under way.
@@ -308,6 +312,16 @@ impl BootstrapServer {
     }
 
     pub fn handle_timeout(&mut self, now: Now) {
+        let (due, later) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now.mono);
+        self.delayed = later;
+        for (_, peer, req) in due {
+            let (resp, _) = self.handle_request(now, peer, &req);
+            if let Some(ep) = self.peers.get_mut(&peer) {
+                ep.respond(now.mono, &req, resp);
+            }
+        }
         let peers: Vec<SocketAddr> = self.peers.keys().copied().collect();
         for peer in peers {
             if let Some(ep) = self.peers.get_mut(&peer) {
@@ -329,6 +343,15 @@ impl BootstrapServer {
             let Some(ev) = ev else { return };
             match ev {
                 EndpointEvent::Request(req) => {
+                    let delay = self
+                        .est
+                        .as_ref()
+                        .and_then(|e| e.response_delay(&req.packet, req.confirmable));
+                    if let (Some(d), Some(ep)) = (delay, self.peers.get_mut(&peer)) {
+                        ep.accept_later(&req);
+                        self.delayed.push((now.mono + d, peer, req));
+                        continue;
+                    }
                     let (resp, start) = self.handle_request(now, peer, &req);
                     if let Some(ep) = self.peers.get_mut(&peer) {
                         ep.respond(now.mono, &req, resp);
@@ -521,7 +544,12 @@ impl BootstrapServer {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().filter_map(|e| e.poll_timeout()).min()
+        let delayed = self.delayed.iter().map(|(at, _, _)| *at);
+        self.peers
+            .values()
+            .filter_map(|e| e.poll_timeout())
+            .chain(delayed)
+            .min()
     }
 
     pub fn poll_event(&mut self) -> Option<BootstrapEvent> {

@@ -58,8 +58,8 @@ pub enum Command {
         /// Validity of the certificates EST issues: a number with s, m, h, d or y.
         #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_validity)]
         cert_validity: std::time::Duration,
-        /// Make the EST CA misbehave: est-503[=SECONDS], est-wrong-key, est-expired,
-        /// est-truncated (repeatable).
+        /// Make the EST CA misbehave: est-503[=SECONDS], est-delay[=SECONDS], est-wrong-key,
+        /// est-expired, est-truncated (repeatable).
         #[arg(long, value_name = "NAME", value_parser = parse_fault)]
         fault: Vec<crate::est_server::EstFault>,
     },
@@ -642,7 +642,7 @@ fn parse_validity(s: &str) -> Result<std::time::Duration, String> {
 fn parse_fault(s: &str) -> Result<crate::est_server::EstFault, String> {
     crate::est_server::EstFault::parse(s).ok_or_else(|| {
         format!(
-            "unknown fault {s:?} (est-503[=SECONDS], est-wrong-key, est-expired, est-truncated)"
+            "unknown fault {s:?} (est-503[=SECONDS], est-delay[=SECONDS], est-wrong-key, est-expired, est-truncated)"
         )
     })
 }
@@ -1093,6 +1093,7 @@ mod tests {
             assert!(parse_validity(bad).is_err(), "{bad:?}");
         }
         assert!(parse_fault("est-503").is_ok());
+        assert!(parse_fault("est-delay=3").is_ok());
         assert!(parse_fault("est-nonsense").is_err());
         let run = Cli::try_parse_from([
             "estuary-testserver",

@@ -37,11 +37,18 @@ pub enum EstFault {
     Expired,
     /// Cut the certificate body in half.
     Truncated,
+    /// Acknowledge each enrollment with an empty ACK and send the response this many
+    /// seconds later as a separate confirmable response (RFC 7252 §5.2.2).
+    Delayed { secs: u32 },
 }
 
+/// Delay of `est-delay` without a value: long enough to be a separate response, well inside
+/// the client's EXCHANGE_LIFETIME (247 s) wait for it.
+pub const DEFAULT_DELAY_SECS: u32 = 5;
+
 impl EstFault {
-    /// Parses a `--fault` name: `est-503[=SECONDS]`, `est-wrong-key`, `est-expired`,
-    /// `est-truncated`.
+    /// Parses a `--fault` name: `est-503[=SECONDS]`, `est-delay[=SECONDS]`, `est-wrong-key`,
+    /// `est-expired`, `est-truncated`.
     pub fn parse(s: &str) -> Option<EstFault> {
         let (name, arg) = match s.split_once('=') {
             Some((n, a)) => (n, Some(a)),
@@ -51,6 +58,12 @@ impl EstFault {
             ("est-503", None) => EstFault::ServiceUnavailable { max_age: 2 },
             ("est-503", Some(a)) => EstFault::ServiceUnavailable {
                 max_age: a.parse().ok()?,
+            },
+            ("est-delay", None) => EstFault::Delayed {
+                secs: DEFAULT_DELAY_SECS,
+            },
+            ("est-delay", Some(a)) => EstFault::Delayed {
+                secs: a.parse().ok()?,
             },
             ("est-wrong-key", None) => EstFault::WrongKey,
             ("est-expired", None) => EstFault::Expired,
@@ -88,6 +101,10 @@ pub struct EstCa {
     /// Refuse EST over sessions not authenticated by a certificate (RFC 9148 requires one).
     pub require_certificate: bool,
     faults: Vec<EstFault>,
+    /// The operations ("sen", "sren") the faults apply to; empty: both.
+    fault_operations: Vec<&'static str>,
+    /// The last CSR received (DER), as the client sent it.
+    last_csr: Option<Vec<u8>>,
     /// Peers (by CSR subject and operation) already told 5.03 once.
     delayed: HashSet<(String, &'static str)>,
 }
@@ -106,6 +123,8 @@ impl EstCa {
             rng,
             require_certificate: true,
             faults: Vec::new(),
+            fault_operations: Vec::new(),
+            last_csr: None,
             delayed: HashSet::new(),
         }
     }
@@ -114,12 +133,57 @@ impl EstCa {
         self.faults = faults;
     }
 
+    /// Limits the faults to some operations (`"sen"`, `"sren"`); an empty list means all.
+    pub fn set_fault_operations(&mut self, operations: &[&'static str]) {
+        self.fault_operations = operations.to_vec();
+    }
+
+    /// The faults that apply to `operation`.
+    fn faults_for(&self, operation: &str) -> &[EstFault] {
+        if self.fault_operations.is_empty() || self.fault_operations.contains(&operation) {
+            &self.faults
+        } else {
+            &[]
+        }
+    }
+
     pub fn set_validity(&mut self, validity: Duration) {
         self.validity = validity;
     }
 
     pub fn ca_certificate(&self) -> &Certificate {
         self.issuer.certificate()
+    }
+
+    /// How long to hold back the answer to `req` (the `est-delay` fault): `Some` for
+    /// confirmable enrollment requests (`/est/sen`, `/est/sren`, like the other faults),
+    /// which the caller acknowledges at once with an empty ACK and answers through
+    /// [`EstCa::handle`] once the delay has passed.
+    pub fn response_delay(&self, req: &coap::Packet, confirmable: bool) -> Option<Duration> {
+        let path = coap::uri_path(req).unwrap_or_default();
+        let operation = match path
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["est", "sen"] => "sen",
+            ["est", "sren"] => "sren",
+            _ => return None,
+        };
+        if !confirmable {
+            return None;
+        }
+        self.faults_for(operation).iter().find_map(|f| match f {
+            EstFault::Delayed { secs } => Some(Duration::from_secs(u64::from(*secs))),
+            _ => None,
+        })
+    }
+
+    /// The body of the last `/sen` or `/sren` request with Content-Format 286, for checking
+    /// what a client sends.
+    pub fn last_csr(&self) -> Option<&[u8]> {
+        self.last_csr.as_deref()
     }
 
     /// True when `path` (the request's Uri-Path segments) is one of ours.
@@ -222,6 +286,7 @@ impl EstCa {
                 "CSR is not Content-Format 286".into(),
             );
         }
+        self.last_csr = Some(req.payload.clone());
         let format = match coap::accept_of(req) {
             None | Some(content_format::PKIX_CERT) => content_format::PKIX_CERT,
             Some(content_format::PKCS7_CERTS_ONLY) => content_format::PKCS7_CERTS_ONLY,
@@ -235,8 +300,8 @@ impl EstCa {
             return Self::refuse(op, code::FORBIDDEN, reason);
         }
         let subject = csr.subject().to_string();
-        if let Some(EstFault::ServiceUnavailable { max_age }) = self
-            .faults
+        let faults = self.faults_for(op).to_vec();
+        if let Some(EstFault::ServiceUnavailable { max_age }) = faults
             .iter()
             .find(|f| matches!(f, EstFault::ServiceUnavailable { .. }))
             .cloned()
@@ -249,7 +314,7 @@ impl EstCa {
             }
         }
         self.delayed.remove(&(subject.clone(), op));
-        let cert = match self.issue(now, &csr) {
+        let cert = match self.issue(now, &csr, &faults) {
             Ok(c) => c,
             Err(e) => {
                 return Self::refuse(
@@ -266,7 +331,7 @@ impl EstCa {
         } else {
             build_certs_only(&[cert.clone(), self.issuer.certificate().clone()])
         };
-        if self.faults.contains(&EstFault::Truncated) {
+        if faults.contains(&EstFault::Truncated) {
             r.payload.truncate(r.payload.len() / 2);
         }
         info!(
@@ -338,8 +403,9 @@ impl EstCa {
         &mut self,
         now: UtcTime,
         csr: &Csr,
+        faults: &[EstFault],
     ) -> Result<Certificate, estuary::crypto::CryptoError> {
-        let expired = self.faults.contains(&EstFault::Expired);
+        let expired = faults.contains(&EstFault::Expired);
         let (not_before, not_after) = if expired {
             (
                 UtcTime::from_unix_seconds(now.unix_seconds() - 7200),
@@ -356,7 +422,7 @@ impl EstCa {
             profile: CertificateProfile::Client,
         };
         let wrong;
-        let public_key = if self.faults.contains(&EstFault::WrongKey) {
+        let public_key = if faults.contains(&EstFault::WrongKey) {
             wrong = KeyPair::generate(&mut self.rng)?;
             wrong.public_key_der()
         } else {
@@ -622,6 +688,36 @@ mod tests {
             EstFault::parse("est-503"),
             Some(EstFault::ServiceUnavailable { max_age: 2 })
         );
+        assert_eq!(
+            EstFault::parse("est-delay"),
+            Some(EstFault::Delayed {
+                secs: DEFAULT_DELAY_SECS
+            })
+        );
+        assert_eq!(
+            EstFault::parse("est-delay=30"),
+            Some(EstFault::Delayed { secs: 30 })
+        );
+        p.est.set_faults(vec![EstFault::Delayed { secs: 3 }]);
+        assert_eq!(
+            p.est.response_delay(&req, true),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(p.est.response_delay(&req, false), None, "NON: no empty ACK");
+        let bs = coap::new_request(code::POST, "/bs");
+        assert_eq!(p.est.response_delay(&bs, true), None);
+        let crts = coap::new_request(code::GET, "/est/crts");
+        assert_eq!(p.est.response_delay(&crts, true), None);
+        let sren = csr_request("/est/sren", &key, "CN=dev1", &mut p.rng, None);
+        p.est.set_fault_operations(&["sren"]);
+        assert_eq!(p.est.response_delay(&req, true), None, "/sen spared");
+        assert!(p.est.response_delay(&sren, true).is_some());
+        p.est.set_faults(vec![EstFault::WrongKey]);
+        let (r, _) = p.est.handle(now(), &req, &auth);
+        assert!(Certificate::from_der(&r.payload).unwrap().matches_key(&key));
+        p.est.set_fault_operations(&[]);
+        p.est.set_faults(Vec::new());
+        assert_eq!(p.est.response_delay(&req, true), None);
         assert_eq!(EstFault::parse("nope"), None);
         assert_eq!(EstFault::parse("est-503=x"), None);
     }

@@ -44,6 +44,9 @@ pub const README_FILE: &str = "README.txt";
 pub const FACTORY_CERT_FILE: &str = "factory-cert.pem";
 pub const FACTORY_KEY_FILE: &str = "factory-key.pem";
 pub const SERVER_CERT_FILE: &str = "server-cert.pem";
+/// The Bootstrap + EST server's certificate (the same server certificate: /0/x/4 of the
+/// bootstrap account with Certificate Usage 3).
+pub const BOOTSTRAP_SERVER_CERT_FILE: &str = "bootstrap-server-cert.pem";
 pub const SERVER_KEY_FILE: &str = "server-key.pem";
 pub const TRUST_ANCHOR_FILE: &str = "trust-anchor.pem";
 pub const CA_DIR: &str = "ca";
@@ -331,6 +334,11 @@ fn write_endpoint_certificates(
         0o644,
     )?;
     write_file(
+        &ep_dir.join(BOOTSTRAP_SERVER_CERT_FILE),
+        auth.pki.server_cert.to_pem().as_bytes(),
+        0o644,
+    )?;
+    write_file(
         &ep_dir.join(TRUST_ANCHOR_FILE),
         auth.pki.ca.certificate().to_pem().as_bytes(),
         0o644,
@@ -446,9 +454,8 @@ pub fn summary(r: &InitReport) -> String {
          LwM2M server:    {lwm2m_uri}   (served by `run`)\n\
          LwM2M over DTLS: {coaps_uri}   (PSK or certificates; served by `run`)\n\
          control API:     http://{host}:{}\n\
-         reserved for later issues (not served yet):\n\
-         \x20 coap://{host}:{}    bootstrap + EST\n\
-         \x20 coaps://{host}:{}   bootstrap + EST-coaps over DTLS\n",
+         Bootstrap:       coap://{host}:{}   (served by `run`)\n\
+         Bootstrap + EST: coaps://{host}:{}  (EST-coaps needs a certificate session)\n",
         r.dir.display(),
         r.config_path.display(),
         c.ports.control,
@@ -466,7 +473,9 @@ pub fn summary(r: &InitReport) -> String {
              \x20 NoSec:        examples-c/01-basic -e {name} -u {lwm2m_uri}\n\
              \x20 PSK:          examples-c/01-basic -e {name} -u {coaps_uri} -i {id} -k {key}\n\
              \x20 certificate:  examples-c/01-basic -e {name} -u {coaps_uri} \\\n\
-             \x20                 -C {d}/{FACTORY_CERT_FILE} -K {d}/{FACTORY_KEY_FILE} -S {d}/{SERVER_CERT_FILE}\n",
+             \x20                 -C {d}/{FACTORY_CERT_FILE} -K {d}/{FACTORY_KEY_FILE} -S {d}/{SERVER_CERT_FILE}\n\
+             \x20 EST:          set security_mode = \"est\" for it in config.toml, then\n\
+             \x20               examples-c/03-est {name} -c {d}\n",
             d = ep.dir.display(),
             name = ep.name,
             dir = ep.dir.display(),
@@ -510,8 +519,8 @@ factory-key.pem    mode's /0/x/3 and its private key /0/x/5 (secret, mode 0600)
 server-cert.pem    the LwM2M server's certificate: /0/x/4 with Certificate Usage 3
 trust-anchor.pem   the root CA that issued it: /0/x/4 with Certificate Usage 2
 
-Coming with bootstrap and EST: bootstrap-server-cert.pem, the bootstrap + EST server's
-certificate.
+bootstrap-server-cert.pem  the Bootstrap + EST server's certificate: the bootstrap
+                   account's /0/x/4 (examples-c/03-est {name} -c THIS_DIR uses it)
 "
     )
 }
@@ -585,6 +594,8 @@ mod tests {
         }
         let server = read_cert(&ep.join(SERVER_CERT_FILE)).unwrap();
         assert!(server.matches_name("localhost") && server.matches_name("127.0.0.1"));
+        let bootstrap = read_cert(&ep.join(BOOTSTRAP_SERVER_CERT_FILE)).unwrap();
+        assert_eq!(bootstrap.der(), server.der());
         let device = read_cert(&ep.join(FACTORY_CERT_FILE)).unwrap();
         assert_eq!(device.subject(), "CN=dev1");
         assert!(device.matches_key(&read_key(&ep.join(FACTORY_KEY_FILE)).unwrap()));

@@ -13,6 +13,10 @@
 //! coaps side) in front of the server and gives the client a PSK or Certificate account, so
 //! handshakes run on the virtual clock through the same faults.
 //!
+//! A bootstrap server ([`SimConfig::with_bootstrap`], or behind DTLS in PSK or Certificate
+//! mode with [`SimConfig::with_secure_bootstrap`]) sits beside the LwM2M server on the same
+//! links; with [`SimConfig::bootstrap_only`] the client starts with its bootstrap account alone.
+//!
 //! It owns no protocol behaviour: every byte on the wire comes from the client and server
 //! cores. It never reads a real clock or opens a socket, and its run loops always end by
 //! themselves: at their time limit, or at once when no timer is armed and nothing is in flight.
@@ -164,6 +168,12 @@ pub struct SimConfig {
     /// A NoSec bootstrap server at this URI provisioning the client with this, and the
     /// client's bootstrap account for it (besides the management account).
     pub bootstrap: Option<(String, Provisioning)>,
+    /// A secure bootstrap server: the client's bootstrap account (PSK or Certificate mode,
+    /// at `bootstrap`'s `coaps://` URI) and the DTLS listener in front of the server.
+    pub bootstrap_dtls: Option<(SecurityInstance, SecureListenerConfig)>,
+    /// The client starts with its bootstrap account only (no management account), so it
+    /// bootstraps first.
+    pub bootstrap_only: bool,
 }
 
 impl SimConfig {
@@ -185,6 +195,8 @@ impl SimConfig {
             client_security: None,
             server_dtls: None,
             bootstrap: None,
+            bootstrap_dtls: None,
+            bootstrap_only: false,
         }
     }
 
@@ -193,6 +205,26 @@ impl SimConfig {
     /// the client gets a bootstrap account for it. Both servers share the links.
     pub fn with_bootstrap(mut self, uri: &str, provisioning: Provisioning) -> Self {
         self.bootstrap = Some((uri.to_string(), provisioning));
+        self
+    }
+
+    /// A bootstrap server behind DTLS at `account.server_uri` (`coaps://`, PSK or Certificate
+    /// mode), answering with `provisioning`; `listener` holds its credentials (the PSK
+    /// identities, or its certificate and the CAs it accepts client certificates from).
+    pub fn with_secure_bootstrap(
+        mut self,
+        account: SecurityInstance,
+        listener: SecureListenerConfig,
+        provisioning: Provisioning,
+    ) -> Self {
+        self.bootstrap = Some((account.server_uri.clone(), provisioning));
+        self.bootstrap_dtls = Some((account, listener));
+        self
+    }
+
+    /// The client starts with no management account: it must bootstrap first.
+    pub fn bootstrap_only(mut self) -> Self {
+        self.bootstrap_only = true;
         self
     }
 
@@ -367,6 +399,8 @@ pub struct Sim {
     bootstrap_events: Vec<Timed<BootstrapEvent>>,
     /// Set while a datagram of the bootstrap exchange is being put on the link.
     routing_bootstrap: bool,
+    /// The bootstrap server's DTLS side, for a secure bootstrap server.
+    bootstrap_secure: Option<SecureListener>,
 }
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
@@ -408,13 +442,21 @@ impl Sim {
         let endpoint_name = cfg.client.endpoint_name.clone();
         let mut client = Client::new(cfg.client, Box::new(SeededRng::new(client_seed)))?;
         let dm = client.data_model_mut();
-        let security = cfg
-            .client_security
-            .clone()
-            .unwrap_or_else(|| SecurityInstance::nosec(&cfg.server_uri, cfg.ssid));
-        dm.security.insert(0, security)?;
-        dm.server
-            .insert(0, ServerInstance::new(cfg.ssid, cfg.lifetime))?;
+        if cfg.bootstrap_only && cfg.bootstrap.is_none() {
+            return Err(estuary::Error::Config(
+                "sim: bootstrap_only needs a bootstrap server".into(),
+            ));
+        }
+        if !cfg.bootstrap_only {
+            let security = cfg
+                .client_security
+                .clone()
+                .unwrap_or_else(|| SecurityInstance::nosec(&cfg.server_uri, cfg.ssid));
+            dm.security.insert(0, security)?;
+            dm.server
+                .insert(0, ServerInstance::new(cfg.ssid, cfg.lifetime))?;
+        }
+        let mut bootstrap_secure = None;
         let bootstrap = match cfg.bootstrap {
             Some((bs_uri, provisioning)) => {
                 let u = estuary::lwm2m::ServerUri::parse(&bs_uri)?;
@@ -429,10 +471,26 @@ impl Sim {
                         "sim: the bootstrap server needs its own address".into(),
                     ));
                 }
-                let mut account = SecurityInstance::nosec(&bs_uri, 0);
+                let mut account = match &cfg.bootstrap_dtls {
+                    Some((account, listener)) => {
+                        bootstrap_secure = Some(
+                            SecureListener::new(
+                                listener.clone(),
+                                &estuary::crypto::Drbg::from_seed(server_seed.rotate_left(13)),
+                            )
+                            .map_err(|e| {
+                                estuary::Error::Config(format!("sim: bootstrap DTLS: {e}"))
+                            })?,
+                        );
+                        account.clone()
+                    }
+                    None => SecurityInstance::nosec(&bs_uri, 0),
+                };
                 account.bootstrap_server = true;
                 account.ssid = None;
-                dm.security.insert(1, account)?;
+                // Alone, the bootstrap account takes /0/0: the provisioning writes /0/1.
+                let iid = if cfg.bootstrap_only { 0 } else { 1 };
+                dm.security.insert(iid, account)?;
                 let mut bs = BootstrapServer::new(cfg.server_tx_params, server_seed.rotate_left(7));
                 bs.provision(&endpoint_name, provisioning);
                 Some((addr, bs))
@@ -474,6 +532,7 @@ impl Sim {
             bootstrap,
             bootstrap_events: Vec::new(),
             routing_bootstrap: false,
+            bootstrap_secure,
         })
     }
 
@@ -779,6 +838,9 @@ impl Sim {
             self.server.poll_timeout(),
             self.secure.as_ref().and_then(SecureListener::poll_timeout),
             self.bootstrap.as_ref().and_then(|(_, b)| b.poll_timeout()),
+            self.bootstrap_secure
+                .as_ref()
+                .and_then(SecureListener::poll_timeout),
             self.in_flight.keys().next().map(|k| k.0),
         ]
         .into_iter()
@@ -847,6 +909,12 @@ impl Sim {
                 self.flush();
             }
         }
+        if let Some(secure) = self.bootstrap_secure.as_mut() {
+            if secure.poll_timeout().is_some_and(|t| t <= now) {
+                secure.handle_timeout(self.now);
+                self.flush();
+            }
+        }
         true
     }
 
@@ -886,8 +954,20 @@ impl Sim {
     fn hand_over_bootstrap(&mut self, dir: Direction, data: &[u8]) {
         match dir {
             Direction::ClientToServer => {
-                if let Some((_, bs)) = self.bootstrap.as_mut() {
-                    bs.handle_datagram(self.now, self.client_addr, data);
+                let Some((_, bs)) = self.bootstrap.as_mut() else {
+                    return;
+                };
+                match self.bootstrap_secure.as_mut() {
+                    Some(secure) => {
+                        for coap in secure.handle_datagram(self.now, self.client_addr, data) {
+                            // The EST CA (if any) needs to know who the peer is.
+                            if let Some(auth) = secure.est_peer_auth(self.client_addr) {
+                                bs.set_peer_auth(self.client_addr, auth);
+                            }
+                            bs.handle_datagram(self.now, self.client_addr, &coap);
+                        }
+                    }
+                    None => bs.handle_datagram(self.now, self.client_addr, data),
                 }
             }
             Direction::ServerToClient => {
@@ -940,6 +1020,21 @@ impl Sim {
             self.send_checked(Direction::ClientToServer, t.data, routable);
         }
         while let Some((peer, data)) = self.bootstrap.as_mut().and_then(|(_, b)| b.poll_transmit())
+        {
+            // Plain CoAP never leaves a secure bootstrap server (as for the LwM2M server).
+            if let Some(secure) = self.bootstrap_secure.as_mut() {
+                secure.send(self.now, peer, &data);
+                continue;
+            }
+            let routable = peer == self.client_addr;
+            self.routing_bootstrap = true;
+            self.send_checked(Direction::ServerToClient, data, routable);
+            self.routing_bootstrap = false;
+        }
+        while let Some((peer, data)) = self
+            .bootstrap_secure
+            .as_mut()
+            .and_then(SecureListener::poll_transmit)
         {
             let routable = peer == self.client_addr;
             self.routing_bootstrap = true;

@@ -2,7 +2,8 @@
 //! a DTLS client session with `dev1`'s factory certificate fetches /est/crts and enrolls a
 //! CSR at /est/sen; the certificate comes from the state directory's root CA with the
 //! configured validity. With `--fault est-503` the first enrollment is answered 5.03 with
-//! Max-Age. Bounded to ~20 s.
+//! Max-Age; with `--fault est-delay` it is acknowledged at once and answered later as a
+//! separate response. Bounded to ~30 s.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
@@ -254,5 +255,33 @@ fn est_503_fault_answers_service_unavailable_with_max_age_first() {
     assert!(coap::uint_option(&first, CoapOption::MaxAge).is_some());
     let second = c.request(enroll_request(&csr), limit);
     assert_eq!(coap::raw_code(&second), code::CREATED);
+    server.stop();
+}
+
+#[test]
+fn est_delay_fault_acknowledges_at_once_and_answers_separately() {
+    let limit = Duration::from_secs(15);
+    let fault = EstFault::parse("est-delay=3").unwrap();
+    let (server, _tmp, dtls, key, root) = start(Duration::from_secs(3600), vec![fault]);
+    let mut c = EstClient::connect(server.bootstrap_coaps_addr().unwrap(), &dtls, limit);
+    let mut rng = Drbg::from_seed(9);
+    let csr = Csr::build(&key, "CN=dev1", &mut rng).unwrap();
+    let before = c.coap.stats();
+    let r = c.request(enroll_request(&csr), limit);
+    let after = c.coap.stats();
+    assert_eq!(coap::raw_code(&r), code::CREATED, "{r:?}");
+    let cert = Certificate::from_der(&r.payload).unwrap();
+    assert!(cert.matches_key(&key));
+    assert_eq!(cert.issuer(), root.subject());
+    // The request, then our ACK of the separate response; the empty ACK came before the
+    // first retransmission was due (2-3 s < the 3 s delay), so nothing was resent.
+    assert_eq!(after.retransmissions - before.retransmissions, 0);
+    assert_eq!(after.datagrams_received - before.datagrams_received, 2);
+    // Our ACK is queued by the response; step once so it goes out.
+    c.step();
+    assert_eq!(c.coap.stats().datagrams_sent - before.datagrams_sent, 2);
+    server
+        .wait_for_event("enrolled", "dev1", Duration::from_secs(5))
+        .expect("enrolled event");
     server.stop();
 }

@@ -18,9 +18,10 @@ pub use estuary_testserver::bootstrap_server::{
     BootstrapEvent, BootstrapServer, ProvisionedAccount, Provisioning,
 };
 pub use estuary_testserver::coaps::{SecureListener, SecureListenerConfig};
-pub use estuary_testserver::est_server::{EstCa, EstEvent};
+pub use estuary_testserver::est_server::EstFault;
+pub use estuary_testserver::est_server::{EstCa, EstEvent, PeerAuth};
 pub use estuary_testserver::lwm2m_server::{Lwm2mServer, ServerEvent};
-pub use estuary_testserver::pki::TestPki;
+pub use estuary_testserver::pki::{Issued, TestPki};
 
 pub const EP: &str = "dev1";
 pub const BS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5694);
@@ -41,6 +42,10 @@ pub enum Setup {
     NoSecToNoSec,
     PskToPsk,
     PskToEst,
+    /// Certificate mode (2) both ways: the bootstrap account holds a factory certificate
+    /// from the test PKI, and the Bootstrap-Server writes a mode-2 account with another
+    /// certificate for the management server.
+    CertToCert,
 }
 
 pub struct Side {
@@ -78,6 +83,13 @@ pub struct Rig {
     pub capture: bool,
     pub pki: TestPki,
     pub steps: u64,
+    /// Who each DTLS listener saw at the other end, in order, each change once:
+    /// `(true, …)` for the bootstrap listener, `(false, …)` for the management one.
+    pub peer_auths: Vec<(bool, PeerAuth)>,
+    /// `Setup::CertToCert`: the factory certificate of the bootstrap account, and the one
+    /// the Bootstrap-Server writes for the management account.
+    pub factory_cert: Option<Issued>,
+    pub management_cert: Option<Issued>,
 }
 
 pub const EPOCH: UtcTime = UtcTime::from_unix_seconds(1_767_225_600);
@@ -133,7 +145,24 @@ pub fn rig_with_lifetime(
             account.mode = SecurityMode::CertificateWithEst;
             account.server_public_key = pki.server_cert.der().to_vec();
         }
+        Setup::CertToCert => {}
     }
+    // Certificates of Setup::CertToCert, from their own generator so the other setups'
+    // randomness stays as it was.
+    let (factory_cert, management_cert) = if setup == Setup::CertToCert {
+        let mut crng = Drbg::from_seed(78);
+        let from = UtcTime::from_unix_seconds(EPOCH.unix_seconds() - 86_400);
+        let to = UtcTime::from_unix_seconds(EPOCH.unix_seconds() + 5 * 365 * 86_400);
+        let factory = pki.issue_client(EP, from, to, &mut crng).unwrap();
+        let management = pki.issue_client(EP, from, to, &mut crng).unwrap();
+        account.mode = SecurityMode::Certificate;
+        account.identity = management.cert.der().to_vec();
+        account.secret_key = management.key.to_der().expose().to_vec();
+        account.server_public_key = pki.server_cert.der().to_vec();
+        (Some(factory), Some(management))
+    } else {
+        (None, None)
+    };
     let mut bs = BootstrapServer::new(TxParams::default(), 5);
     bs.provision(EP, Provisioning::accounts(&[account]));
     let issuer =
@@ -155,6 +184,12 @@ pub fn rig_with_lifetime(
         b.public_cert_or_psk_identity = EP.as_bytes().to_vec();
         b.private_cert_or_psk_key = PSK_KEY.to_vec();
     }
+    if let Some(f) = &factory_cert {
+        b.security_mode = SecurityMode::Certificate;
+        b.public_cert_or_psk_identity = f.cert.der().to_vec();
+        b.private_cert_or_psk_key = f.key.to_der().expose().to_vec();
+        b.server_public_key = pki.server_cert.der().to_vec();
+    }
     client.data_model_mut().security.insert(0, b).unwrap();
     let lw = Lwm2mServer::new(TxParams::default(), 6);
     Rig {
@@ -175,6 +210,9 @@ pub fn rig_with_lifetime(
         capture: false,
         pki,
         steps: 0,
+        peer_auths: Vec::new(),
+        factory_cert,
+        management_cert,
     }
 }
 
@@ -207,6 +245,7 @@ impl Rig {
                             .as_ref()
                             .and_then(|l| l.est_peer_auth(from))
                         {
+                            self.note_peer(true, &auth);
                             self.bs.set_peer_auth(from, auth);
                         }
                         self.bs.handle_datagram(self.now, from, &d);
@@ -216,7 +255,16 @@ impl Rig {
                     if self.lw_silent {
                         continue;
                     }
-                    for d in self.lw_side.inbound(self.now, from, &t.data) {
+                    let delivered = self.lw_side.inbound(self.now, from, &t.data);
+                    if let Some(auth) = self
+                        .lw_side
+                        .listener
+                        .as_ref()
+                        .and_then(|l| l.est_peer_auth(from))
+                    {
+                        self.note_peer(false, &auth);
+                    }
+                    for d in delivered {
                         self.lw.handle_datagram(self.now, from, &d);
                     }
                 }
@@ -321,6 +369,25 @@ impl Rig {
         }
     }
 
+    fn note_peer(&mut self, bootstrap: bool, auth: &PeerAuth) {
+        let last = self.peer_auths.iter().rev().find(|(b, _)| *b == bootstrap);
+        if last.map(|(_, a)| a) != Some(auth) {
+            self.peer_auths.push((bootstrap, auth.clone()));
+        }
+    }
+
+    /// The certificate serials a listener saw, in order (`bootstrap` picks which).
+    pub fn peer_serials(&self, bootstrap: bool) -> Vec<String> {
+        self.peer_auths
+            .iter()
+            .filter(|(b, _)| *b == bootstrap)
+            .filter_map(|(_, a)| match a {
+                PeerAuth::Certificate(c) => Some(c.serial_hex()),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn registered(&self) -> bool {
         self.lw_events
             .iter()
@@ -336,3 +403,42 @@ pub fn start(r: &mut Rig) {
     r.client.start(r.now).unwrap();
 }
 
+impl Rig {
+    /// Rebuilds the (not yet started) client with `configure` applied to its configuration;
+    /// the Security instances given so far (the bootstrap account) are kept.
+    pub fn reconfigure(&mut self, configure: impl FnOnce(&mut ClientConfig)) {
+        let mut cfg = self.client.config().clone();
+        configure(&mut cfg);
+        let accounts: Vec<(u16, SecurityInstance)> = self
+            .client
+            .data_model()
+            .security
+            .iter()
+            .map(|(iid, s)| (iid, s.clone()))
+            .collect();
+        self.client = Client::new(cfg, Box::new(SeededRng::new(3))).unwrap();
+        for (iid, s) in accounts {
+            self.client
+                .data_model_mut()
+                .security
+                .insert(iid, s)
+                .unwrap();
+        }
+    }
+
+    /// Switches the EST CA's fault behaviour (an empty list clears it).
+    pub fn set_est_faults(&mut self, faults: Vec<EstFault>) {
+        self.bs.est_mut().expect("an EST CA").set_faults(faults);
+    }
+
+    /// What the EST CA did, in order.
+    pub fn est_events(&self) -> Vec<EstEvent> {
+        self.bs_events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                BootstrapEvent::Est { event, .. } => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest: start estuary-testserver, run examples-c/01-basic against it, see the endpoint in
+# ctest: start estuary-testserver, run an example (01-basic, 04-event-loop) against it, see the endpoint in
 # GET /api/clients, read /3/0/0 back as the manufacturer string, stop the example with
 # SIGINT and see the de-registration event. 127.0.0.1 only; every wait is bounded.
 set -euo pipefail
@@ -9,7 +9,7 @@ source "$(dirname "$0")/common.sh"
 ep="ctest-basic-$$"
 start_testserver "$server_bin" "$work" "$ep"
 
-"$example_bin" -e "$ep" -u "coap://127.0.0.1:${LWM2M_PORT}" -l 30 > "$work/example.log" 2>&1 &
+run_example "$example_bin" -e "$ep" -u "coap://127.0.0.1:${LWM2M_PORT}" -l 30 > "$work/example.log" 2>&1 &
 example_pid=$!
 PIDS+=("$example_pid")
 
@@ -33,6 +33,6 @@ fi
 kill -INT "$example_pid"
 rc=0
 wait_pid "$example_pid" 15 || rc=$?
-[ "$rc" -eq 0 ] || fail "01-basic exited with $rc after SIGINT"
+[ "$rc" -eq 0 ] || example_failed "$(basename "$example_bin")" "$rc"
 wait_for_event "$work/events.jsonl" "deregistered" "$ep" 10
 echo "PASS: registered, read, deregistered"

@@ -30,7 +30,7 @@ psk) args=(-i "$(cat "$creds/psk-identity.txt")" -k "$(tr -d '\n' < "$creds/psk-
 est) args=(-C "$creds/factory-cert.pem" -K "$creds/factory-key.pem" -S "$creds/server-cert.pem") ;;
 esac
 
-"$example_bin" -e "$ep" -b -u "$uri" "${args[@]}" > "$work/example.log" 2>&1 &
+run_example "$example_bin" -e "$ep" -b -u "$uri" "${args[@]}" > "$work/example.log" 2>&1 &
 example_pid=$!
 PIDS+=("$example_pid")
 
@@ -49,6 +49,6 @@ echo "read /3/0/0 after bootstrap ($mode) -> $manufacturer"
 kill -INT "$example_pid"
 rc=0
 wait_pid "$example_pid" 15 || rc=$?
-[ "$rc" -eq 0 ] || fail "01-basic exited with $rc after SIGINT"
+[ "$rc" -eq 0 ] || example_failed "$(basename "$example_bin")" "$rc"
 wait_for_event "$work/events.jsonl" "deregistered" "$ep" 10
 echo "PASS: bootstrapped over DTLS ($mode), registered, read, deregistered"

@@ -12,6 +12,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Memory-checking runs (CMake's "valgrind" tests) set ESTUARY_EXAMPLE_WRAPPER to the checker's
+# command line and ESTUARY_CTEST_SLOWDOWN to how much longer every bounded wait may take.
+SLOWDOWN=${ESTUARY_CTEST_SLOWDOWN:-1}
+
+# run_example BIN ARGS...: runs the example, under $ESTUARY_EXAMPLE_WRAPPER when set. Start
+# it in the background (`run_example ... &`): exec makes $! the example's (or the checker's)
+# own pid, so SIGINT reaches it.
+run_example() {
+    # shellcheck disable=SC2086 # the wrapper is a command line: split on purpose
+    exec ${ESTUARY_EXAMPLE_WRAPPER:-} "$@"
+}
+
+# example_failed NAME RC: fails with the example's exit status, naming what memory checker
+# (if any) ran it, since a checker reports errors and leaks through the exit status.
+example_failed() {
+    local what="$1 exited with $2 after SIGINT"
+    if [ -n "${ESTUARY_EXAMPLE_WRAPPER:-}" ]; then
+        what="$what (under ${ESTUARY_EXAMPLE_WRAPPER%% *}: memory errors or definite leaks; see example.log)"
+    fi
+    fail "$what"
+}
+
 fail() {
     echo "FAIL: $*" >&2
     for f in "$WORK"/*.log; do
@@ -20,10 +42,23 @@ fail() {
     exit 1
 }
 
-# A free UDP/TCP port on 127.0.0.1, asked from the kernel.
+# A port on 127.0.0.1 that is free for both UDP and TCP right now, asked from the kernel.
+# Another test may still take it before the server binds it: start_testserver retries.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $(( 20000 + RANDOM % 20000 ))
+    python3 -c '
+import socket
+while True:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    port = u.getsockname()[1]
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        t.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+' 2>/dev/null || echo $(( 20000 + RANDOM % 20000 ))
 }
 
 # set_lwm2m_port CONFIG PORT: point the state directory's LwM2M server at PORT.
@@ -40,40 +75,55 @@ set_coaps_port() {
 # $START_HOOK CONFIG ARG first when set); sets LWM2M_PORT, BS_PORT, BS_COAPS_PORT,
 # COAPS_PORT and CONTROL, and waits until the control API answers.
 start_testserver() {
-    local bin=$1 ep=$3
+    local bin=$1 ep=$3 attempt
     WORK=$2
     rm -rf "$WORK"
     mkdir -p "$WORK"
     "$bin" init --dir "$WORK/state" --endpoint "$ep" > "$WORK/init.log"
-    LWM2M_PORT=$(free_port)
-    CONTROL="127.0.0.1:$(free_port)"
-    set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
-    COAPS_PORT=$(free_port)
-    set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
-    # Bootstrap ports too, so tests running in parallel never share one.
-    BS_PORT=$(free_port)
-    BS_COAPS_PORT=$(free_port)
-    sed -i "s/^bootstrap_coap = .*/bootstrap_coap = $BS_PORT/" "$WORK/state/config.toml"
-    sed -i "s/^bootstrap_coaps = .*/bootstrap_coaps = $BS_COAPS_PORT/" "$WORK/state/config.toml"
-    # A driver may adjust the state directory before the server starts.
-    if [ -n "${START_HOOK:-}" ]; then
-        "$START_HOOK" "$WORK/state/config.toml" "${4:-}"
-    fi
-    "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
-    PIDS+=("$!")
-    local i
-    for i in $(seq 1 100); do
-        if "$bin" clients --control "$CONTROL" > /dev/null 2>&1; then
-            return 0
+    # Tests run in parallel: a port found free may be taken before the server binds it, so
+    # a bind failure picks new ports and starts again (a few times).
+    for attempt in 1 2 3 4 5; do
+        LWM2M_PORT=$(free_port)
+        CONTROL="127.0.0.1:$(free_port)"
+        set_lwm2m_port "$WORK/state/config.toml" "$LWM2M_PORT"
+        COAPS_PORT=$(free_port)
+        set_coaps_port "$WORK/state/config.toml" "$COAPS_PORT"
+        BS_PORT=$(free_port)
+        BS_COAPS_PORT=$(free_port)
+        sed -i "s/^bootstrap_coap = .*/bootstrap_coap = $BS_PORT/" "$WORK/state/config.toml"
+        sed -i "s/^bootstrap_coaps = .*/bootstrap_coaps = $BS_COAPS_PORT/" "$WORK/state/config.toml"
+        # A driver may adjust the state directory before the server starts.
+        if [ -n "${START_HOOK:-}" ]; then
+            "$START_HOOK" "$WORK/state/config.toml" "${4:-}"
         fi
-        sleep 0.1
+        "$bin" run --dir "$WORK/state" --control "$CONTROL" --events "$WORK/events.jsonl" > "$WORK/server.log" 2>&1 &
+        local pid=$!
+        local i
+        for i in $(seq 1 100); do
+            if "$bin" clients --control "$CONTROL" > /dev/null 2>&1; then
+                PIDS+=("$pid")
+                return 0
+            fi
+            if ! kill -0 "$pid" 2>/dev/null; then
+                break
+            fi
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            PIDS+=("$pid")
+            fail "test server did not come up"
+        fi
+        wait "$pid" 2>/dev/null || true
+        grep -q "Address already in use" "$WORK/server.log" \
+            || fail "test server exited at start"
+        echo "ports taken meanwhile (attempt $attempt); retrying with new ones" >&2
     done
-    fail "test server did not come up"
+    fail "test server could not bind free ports"
 }
 
 # wait_for_event FILE EVENT ENDPOINT SECONDS
 wait_for_event() {
-    local file=$1 event=$2 ep=$3 secs=$4 i
+    local file=$1 event=$2 ep=$3 secs=$(($4 * SLOWDOWN)) i
     for i in $(seq 1 $((secs * 10))); do
         if [ -f "$file" ] && grep "\"event\":\"$event\"" "$file" | grep -q "\"ep\":\"$ep\""; then
             echo "event: ep=$ep $event"
@@ -86,7 +136,7 @@ wait_for_event() {
 
 # wait_pid PID SECONDS: the process's exit status, or failure if it is still running.
 wait_pid() {
-    local pid=$1 secs=$2 i
+    local pid=$1 secs=$(($2 * SLOWDOWN)) i
     for i in $(seq 1 $((secs * 10))); do
         if ! kill -0 "$pid" 2>/dev/null; then
             wait "$pid"

@@ -12,7 +12,7 @@ source "$(dirname "$0")/common.sh"
 ep="ctest-custom-$$"
 start_testserver "$server_bin" "$work" "$ep"
 
-"$example_bin" -e "$ep" -u "coap://127.0.0.1:${LWM2M_PORT}" -l 60 > "$work/example.log" 2>&1 &
+run_example "$example_bin" -e "$ep" -u "coap://127.0.0.1:${LWM2M_PORT}" -l 60 > "$work/example.log" 2>&1 &
 example_pid=$!
 PIDS+=("$example_pid")
 wait_for_event "$work/events.jsonl" "registered" "$ep" 20
@@ -109,6 +109,6 @@ grep -q '"cancelled":true' "$work/cancel.json" || fail "cancelling the observati
 kill -INT "$example_pid"
 rc=0
 wait_pid "$example_pid" 15 || rc=$?
-[ "$rc" -eq 0 ] || fail "02-custom-object exited with $rc after SIGINT"
+[ "$rc" -eq 0 ] || example_failed "$(basename "$example_bin")" "$rc"
 wait_for_event "$work/events.jsonl" "deregistered" "$ep" 10
 echo "PASS: observed, notified, reset, read as SenML CBOR and TLV, deregistered"

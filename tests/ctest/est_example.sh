@@ -61,6 +61,7 @@ creds="$WORK/state/endpoints/$ep"
 persist_file="$WORK/$ep.persist"
 args=("$ep" -u "coaps://127.0.0.1:${BS_COAPS_PORT}" -c "$creds" -p "$persist_file")
 
+pid="" # the running example, watched by every wait
 count() { # count EVENT [EXTRA_PATTERN]: events of this endpoint
     { grep "\"event\":\"$1\"" "$events" 2>/dev/null || true; } | grep "\"ep\":\"$ep\"" \
         | { grep -c -- "${2:-.}" || true; }
@@ -70,6 +71,7 @@ wait_count() { # wait_count EVENT MIN SECONDS [EXTRA_PATTERN]
     for i in $(seq 1 $(($3 * 10 * SLOWDOWN))); do
         [ "$(count "$1" "${4:-.}")" -ge "$2" ] && { echo "event: ep=$ep $1 (#$2)"; return 0; }
         [ "$SECONDS" -lt "$deadline" ] || fail "$((90 * SLOWDOWN)) s bound reached waiting for $1"
+        [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || fail "03-est exited while waiting for $1"
         sleep 0.1
     done
     fail "fewer than $2 '$1' events for $ep within $3 s"
@@ -92,6 +94,7 @@ stop_example() { # stop_example PID LOG: SIGINT, exit code 0 within 15 s
         declare -F example_failed > /dev/null && example_failed 03-est "$rc"
         fail "03-est exited with $rc after SIGINT (see $2)"
     fi
+    pid=""
 }
 
 # ---- run 1: first boot
@@ -138,6 +141,11 @@ grep -q "03-est: restored" "$WORK/run2.log" || fail "03-est did not restore: $(h
 "$server_bin" client "$ep" --control "$CONTROL" > "$WORK/client2.json"
 grep -q '"security_mode":"est"' "$WORK/client2.json" \
     || fail "run 2 not registered in mode 4: $(cat "$WORK/client2.json")"
+# The certificate presented is the last one the CA issued: the one from the file.
+issued=$(grep '"event":"enrolled"' "$events" | grep "\"ep\":\"$ep\"" | tail -n 1 \
+    | sed -n 's/.*"not_after":"\([^"]*\)".*/\1/p')
+grep -q "\"certificate_not_after\":\"$issued\"" "$WORK/client2.json" \
+    || fail "run 2 did not present the certificate issued last (notAfter $issued): $(cat "$WORK/client2.json")"
 stop_example "$pid" "$WORK/run2.log"
 wait_count deregistered 2 10
 [ "$(count bootstrap_requested)" -eq 1 ] || fail "more than one Bootstrap-Request in all"

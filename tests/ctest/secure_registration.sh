@@ -27,7 +27,7 @@ cert)
     ;;
 esac
 
-"$example_bin" -e "$ep" -u "$uri" -l 30 "${args[@]}" > "$work/example.log" 2>&1 &
+run_example "$example_bin" -e "$ep" -u "$uri" -l 30 "${args[@]}" > "$work/example.log" 2>&1 &
 example_pid=$!
 PIDS+=("$example_pid")
 
@@ -45,6 +45,6 @@ echo "read /3/0/0 over DTLS ($mode) -> $manufacturer"
 kill -INT "$example_pid"
 rc=0
 wait_pid "$example_pid" 15 || rc=$?
-[ "$rc" -eq 0 ] || fail "01-basic exited with $rc after SIGINT"
+[ "$rc" -eq 0 ] || example_failed "$(basename "$example_bin")" "$rc"
 wait_for_event "$work/events.jsonl" "deregistered" "$ep" 10
 echo "PASS: registered over DTLS ($mode), read, deregistered"

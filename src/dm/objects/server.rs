@@ -1,7 +1,8 @@
 //! The Server object (/1): per-server registration parameters (lifetime, binding, default
-//! observation periods), and the Disable and Registration Update Trigger executables, which
-//! the client picks up with [`ServerObject::take_disable_requests`] and
-//! [`ServerObject::take_update_triggers`].
+//! observation periods), and the Disable, Registration Update Trigger and Bootstrap-Request
+//! Trigger executables, which the client picks up with
+//! [`ServerObject::take_disable_requests`], [`ServerObject::take_update_triggers`] and
+//! [`ServerObject::take_bootstrap_triggers`].
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,18 @@ pub struct ServerInstance {
     pub notification_storing: bool,
     /// Binding, "U" for UDP.
     pub binding: String,
+    /// /1/x/16 Bootstrap on Registration Failure (unset: true). Readable by management
+    /// servers, written only by a Bootstrap-Server.
+    pub bootstrap_on_registration_failure: Option<bool>,
+    /// /1/x/17 Communication Retry Count (unset: 5; at least 1).
+    pub communication_retry_count: Option<u64>,
+    /// /1/x/18 Communication Retry Timer in seconds (unset: 60).
+    pub communication_retry_timer: Option<u64>,
+    /// /1/x/19 Communication Sequence Delay Timer in seconds (unset: 86400; `u32::MAX` and
+    /// above: no further sequence).
+    pub communication_sequence_delay_timer: Option<u64>,
+    /// /1/x/20 Communication Sequence Retry Count (unset: 1; at least 1).
+    pub communication_sequence_retry_count: Option<u64>,
 }
 
 impl ServerInstance {
@@ -33,6 +46,11 @@ impl ServerInstance {
             disable_timeout: None,
             notification_storing: false,
             binding: "U".to_string(),
+            bootstrap_on_registration_failure: None,
+            communication_retry_count: None,
+            communication_retry_timer: None,
+            communication_sequence_delay_timer: None,
+            communication_sequence_retry_count: None,
         }
     }
 
@@ -82,8 +100,42 @@ impl ServerInstance {
                 }
                 self.binding = b
             }
-            (6 | 7, _) => return Err("value of the wrong type"),
+            (16, Value::Boolean(b)) => self.bootstrap_on_registration_failure = Some(b),
+            (17..=20, v) => self.set_retry_resource(rid, &v)?,
+            (6 | 7 | 16, _) => return Err("value of the wrong type"),
             _ => return Err("resource not writable by a bootstrap server"),
+        }
+        Ok(())
+    }
+
+    /// The retry resources /1/x/17..20 with their IDs, as set (None: the default applies).
+    pub fn retry_resources(&self) -> [(u16, Option<u64>); 4] {
+        [
+            (17, self.communication_retry_count),
+            (18, self.communication_retry_timer),
+            (19, self.communication_sequence_delay_timer),
+            (20, self.communication_sequence_retry_count),
+        ]
+    }
+
+    /// Sets one of the retry resources /1/x/17..20 (an unsigned integer; the counts must be
+    /// at least 1).
+    fn set_retry_resource(&mut self, rid: u16, v: &Value) -> Result<(), &'static str> {
+        let n = match v {
+            Value::Unsigned(n) => *n,
+            Value::Integer(n) if *n >= 0 => *n as u64,
+            Value::Integer(_) => return Err("a retry resource must not be negative"),
+            _ => return Err("expected an unsigned integer"),
+        };
+        match rid {
+            17 | 20 if n == 0 || n > u64::from(u32::MAX) => {
+                return Err("a retry count must be in 1..=2^32-1")
+            }
+            17 => self.communication_retry_count = Some(n),
+            18 => self.communication_retry_timer = Some(n),
+            19 => self.communication_sequence_delay_timer = Some(n),
+            20 => self.communication_sequence_retry_count = Some(n),
+            _ => return Err("not a retry resource"),
         }
         Ok(())
     }
@@ -114,6 +166,12 @@ const RESOURCES: &[ResourceDef] = &[
     ResourceDef::single(6, K::Boolean, Op::ReadWrite),
     ResourceDef::single(7, K::String, Op::ReadWrite),
     ResourceDef::executable(8),
+    ResourceDef::executable(9),
+    ResourceDef::single(16, K::Boolean, Op::Read),
+    ResourceDef::single(17, K::Unsigned, Op::ReadWrite),
+    ResourceDef::single(18, K::Unsigned, Op::ReadWrite),
+    ResourceDef::single(19, K::Unsigned, Op::ReadWrite),
+    ResourceDef::single(20, K::Unsigned, Op::ReadWrite),
 ];
 
 /// The Server object.
@@ -121,6 +179,11 @@ const RESOURCES: &[ResourceDef] = &[
 pub struct ServerObject {
     instances: BTreeMap<u16, ServerInstance>,
     update_triggers: Vec<u16>,
+    /// SSIDs of servers that executed the Bootstrap-Request Trigger (/1/x/9).
+    bootstrap_triggers: Vec<u16>,
+    /// Whether the client has a Bootstrap-Server account, so /1/x/9 can be honoured (the
+    /// client keeps this up to date; the Security object is not visible from here).
+    bootstrap_account_present: bool,
     /// (SSID, disable timeout in seconds) of executed Disables not yet acted on.
     disable_requests: Vec<(u16, u32)>,
 }
@@ -202,6 +265,18 @@ impl ServerObject {
         core::mem::take(&mut self.update_triggers)
     }
 
+    /// SSIDs whose Bootstrap-Request Trigger was executed since the last call.
+    pub fn take_bootstrap_triggers(&mut self) -> Vec<u16> {
+        core::mem::take(&mut self.bootstrap_triggers)
+    }
+
+    /// Tells the object whether a Bootstrap-Server account exists: without one, executing
+    /// /1/x/9 is refused with 4.05 (the request is well-formed, but the operation is not
+    /// available on this device as configured) and nothing happens.
+    pub fn set_bootstrap_account_present(&mut self, present: bool) {
+        self.bootstrap_account_present = present;
+    }
+
     /// Disables executed since the last call: (SSID, seconds to stay deregistered).
     pub fn take_disable_requests(&mut self) -> Vec<(u16, u32)> {
         core::mem::take(&mut self.disable_requests)
@@ -237,6 +312,20 @@ impl Object for ServerObject {
             5 => Value::Integer(i.disable_timeout.ok_or(DmError::NotFound)?),
             6 => Value::Boolean(i.notification_storing),
             7 => Value::String(i.binding.clone()),
+            16 => Value::Boolean(
+                i.bootstrap_on_registration_failure
+                    .ok_or(DmError::NotFound)?,
+            ),
+            17 => Value::Unsigned(i.communication_retry_count.ok_or(DmError::NotFound)?),
+            18 => Value::Unsigned(i.communication_retry_timer.ok_or(DmError::NotFound)?),
+            19 => Value::Unsigned(
+                i.communication_sequence_delay_timer
+                    .ok_or(DmError::NotFound)?,
+            ),
+            20 => Value::Unsigned(
+                i.communication_sequence_retry_count
+                    .ok_or(DmError::NotFound)?,
+            ),
             _ => return Err(DmError::NotFound),
         };
         Ok(ResourceValue::Single(v))
@@ -260,7 +349,10 @@ impl Object for ServerObject {
             (7, Value::String(b)) if !b.is_empty() && b.chars().all(|c| "UTSNQ".contains(c)) => {
                 inst.binding = b.clone()
             }
-            (0 | 4 | 8, _) => return Err(DmError::MethodNotAllowed),
+            (17..=20, _) => inst
+                .set_retry_resource(rid, &v)
+                .map_err(|_| DmError::BadRequest)?,
+            (0 | 4 | 8 | 9 | 16, _) => return Err(DmError::MethodNotAllowed),
             (1 | 6 | 7, _) => return Err(DmError::BadRequest),
             _ => return Err(DmError::NotFound),
         }
@@ -274,6 +366,10 @@ impl Object for ServerObject {
         inst.default_min_period = None;
         inst.default_max_period = None;
         inst.disable_timeout = None;
+        inst.communication_retry_count = None;
+        inst.communication_retry_timer = None;
+        inst.communication_sequence_delay_timer = None;
+        inst.communication_sequence_retry_count = None;
         Ok(())
     }
 
@@ -293,7 +389,85 @@ impl Object for ServerObject {
                 self.update_triggers.push(ssid);
                 Ok(())
             }
+            9 if !self.bootstrap_account_present => {
+                log::warn!("ssid={ssid}: Bootstrap-Request Trigger without a bootstrap account");
+                Err(DmError::MethodNotAllowed)
+            }
+            9 => {
+                self.bootstrap_triggers.push(ssid);
+                Ok(())
+            }
             _ => Err(DmError::MethodNotAllowed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object() -> ServerObject {
+        let mut o = ServerObject::default();
+        o.insert(0, ServerInstance::new(7, 60)).unwrap();
+        o
+    }
+
+    #[test]
+    fn retry_resources_read_write_and_validation() {
+        let mut o = object();
+        // Unset optional resources read as 4.04.
+        assert_eq!(o.read(0, 17), Err(DmError::NotFound));
+        let w = |v| ResourceValue::Single(v);
+        o.write(0, 17, w(Value::Unsigned(2))).unwrap();
+        o.write(0, 18, w(Value::Unsigned(10))).unwrap();
+        o.write(0, 19, w(Value::Unsigned(60))).unwrap();
+        o.write(0, 20, w(Value::Integer(3))).unwrap();
+        assert_eq!(
+            o.read(0, 17).unwrap(),
+            ResourceValue::Single(Value::Unsigned(2))
+        );
+        assert_eq!(
+            o.get(0).unwrap().communication_sequence_retry_count,
+            Some(3)
+        );
+        // Counts of 0, negative values and wrong types are refused, and change nothing.
+        let before = o.get(0).unwrap().clone();
+        assert_eq!(
+            o.write(0, 17, w(Value::Unsigned(0))),
+            Err(DmError::BadRequest)
+        );
+        assert_eq!(
+            o.write(0, 18, w(Value::Integer(-1))),
+            Err(DmError::BadRequest)
+        );
+        assert_eq!(
+            o.write(0, 19, w(Value::Boolean(true))),
+            Err(DmError::BadRequest)
+        );
+        assert_eq!(o.get(0).unwrap(), &before);
+        // /1/x/16 is for the Bootstrap-Server only.
+        assert_eq!(
+            o.write(0, 16, w(Value::Boolean(false))),
+            Err(DmError::MethodNotAllowed)
+        );
+        let mut inst = before.clone();
+        inst.set_resource(16, Value::Boolean(false)).unwrap();
+        assert_eq!(inst.bootstrap_on_registration_failure, Some(false));
+        assert!(inst.set_resource(20, Value::Unsigned(0)).is_err());
+        assert!(inst.set_resource(16, Value::Integer(1)).is_err());
+        // Write-replace unsets the optional retry resources.
+        o.reset_instance(0).unwrap();
+        assert_eq!(o.get(0).unwrap().communication_retry_count, None);
+    }
+
+    #[test]
+    fn bootstrap_request_trigger_needs_a_bootstrap_account() {
+        let mut o = object();
+        assert_eq!(o.execute(0, 9, b""), Err(DmError::MethodNotAllowed));
+        assert!(o.take_bootstrap_triggers().is_empty());
+        o.set_bootstrap_account_present(true);
+        o.execute(0, 9, b"").unwrap();
+        assert_eq!(o.take_bootstrap_triggers(), vec![7]);
+        assert!(o.take_bootstrap_triggers().is_empty());
     }
 }
