@@ -114,6 +114,7 @@ impl Phase {
     }
 }
 
+/// Datagrams and bytes of one kind of exchange.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub up_datagrams: u64,
@@ -129,6 +130,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Adds datagrams, bytes and lower bound (not `count`: exchanges are counted apart).
     fn add(&mut self, o: &Traffic) {
         self.up_datagrams += o.up_datagrams;
         self.up_bytes += o.up_bytes;
@@ -214,7 +216,8 @@ impl Driver {
         bench_client_start(&mut self.r.client, now);
     }
 
-    /// Charges one datagram: `coap` is the CoAP message inside, if any.
+    /// Charges one datagram to `phase` (the exchange of the CoAP message inside), or holds
+    /// it for the next CoAP message on its link when it carries none (DTLS handshake).
     fn account(&mut self, link: Link, dir: Dir, len: usize, phase: Option<Phase>) {
         let mut t = Traffic::default();
         match dir {
