@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use log::{debug, info, warn};
 
-use crate::coap::{self, Endpoint, EndpointEvent, InboundRequest, TxParams};
+use crate::coap::{self, EndpointEvent, InboundRequest, TxParams};
 use crate::crypto::{Drbg, TrustStore};
 use crate::dm::{link, DataModel, Object, Path};
 use crate::dtls::HandshakeTimers;
@@ -317,14 +317,8 @@ impl Client {
                     continue;
                 }
             };
+            let endpoint = self.new_endpoint(&channel);
             channels.push(channel);
-            let mut endpoint = Endpoint::new(
-                self.cfg.udp_tx_params,
-                self.cfg.out_buffer_size,
-                self.cfg.msg_cache_size,
-                self.rng.as_mut(),
-            );
-            endpoint.set_in_buffer_size(self.cfg.in_buffer_size);
             sessions.push(ServerSession::new(ssid, uri, endpoint, now.mono));
         }
         if sessions.is_empty() {

@@ -62,6 +62,53 @@ fn psk_bootstrap_then_psk_register() {
     assert_eq!(r.count(|e| matches!(e, Event::EstEnrolled { .. })), 0);
 }
 
+/// Many instances: 150 of them make the Register body about 2 KB, more than one DTLS record
+/// holds within the 1232-byte MTU.
+struct ManyInstances;
+
+impl estuary::dm::Object for ManyInstances {
+    fn oid(&self) -> u16 {
+        9000
+    }
+
+    fn instances(&self) -> Vec<u16> {
+        (0..150).collect()
+    }
+
+    fn resources(&self, _iid: u16) -> Result<Vec<estuary::dm::ResourceDef>, estuary::dm::DmError> {
+        Ok(Vec::new())
+    }
+
+    fn read(
+        &self,
+        _iid: u16,
+        _rid: u16,
+    ) -> Result<estuary::dm::ResourceValue, estuary::dm::DmError> {
+        Err(estuary::dm::DmError::NotFound)
+    }
+}
+
+#[test]
+fn a_register_larger_than_one_dtls_record_goes_block_wise() {
+    let mut r = rig(
+        Setup::PskToPsk,
+        Duration::from_secs(3600),
+        ReenrollConfig::default(),
+    );
+    r.client.register_object(Box::new(ManyInstances)).unwrap();
+    r.capture = true;
+    start(&mut r);
+    r.run_until(Duration::from_secs(60), Rig::registered);
+    assert!(r.registered(), "events: {:?}", r.events);
+    let objects = &r.lw.registration(EP).unwrap().objects;
+    assert!(objects.iter().any(|o| o == "/9000/149"), "{objects:?}");
+    let body: usize = objects.iter().map(|o| o.len() + 3).sum();
+    assert!(body > 1232, "{body} bytes of links");
+    // Every datagram fits the MTU, so the body went as several Block1 requests.
+    let largest = r.captured.iter().map(Vec::len).max().unwrap();
+    assert!(largest <= 1232, "a {largest}-byte datagram");
+}
+
 #[test]
 fn est_mode_enrolls_after_finish_and_registers_with_the_certificate() {
     let mut r = rig(

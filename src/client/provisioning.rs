@@ -149,14 +149,18 @@ impl Client {
         .map_err(|e| e.to_string())
     }
 
-    fn new_endpoint(&mut self) -> Endpoint {
+    /// A CoAP endpoint for a connection over `channel`: datagrams no larger than the
+    /// configured buffers, nor than one DTLS record on a secure channel (larger messages go
+    /// block-wise, and peers are asked for blocks that fit).
+    pub(super) fn new_endpoint(&mut self, channel: &SecureChannel) -> Endpoint {
+        let record = channel.max_coap_datagram().unwrap_or(usize::MAX);
         let mut ep = Endpoint::new(
             self.cfg.udp_tx_params,
-            self.cfg.out_buffer_size,
+            self.cfg.out_buffer_size.min(record),
             self.cfg.msg_cache_size,
             self.rng.as_mut(),
         );
-        ep.set_in_buffer_size(self.cfg.in_buffer_size);
+        ep.set_in_buffer_size(self.cfg.in_buffer_size.min(record));
         ep
     }
 
@@ -192,7 +196,7 @@ impl Client {
             Duration::from_secs(sec.client_holdoff_time.unwrap_or(0).clamp(0, 3600) as u64)
         }
         .max(at_least);
-        let endpoint = self.new_endpoint();
+        let endpoint = self.new_endpoint(&channel);
         info!("bootstrap from {uri} in {}s", hold_off.as_secs());
         self.bootstrap = Some(BootstrapLink {
             session: BootstrapSession::new(uri, endpoint, now.mono, hold_off),
@@ -658,7 +662,7 @@ impl Client {
             }
         };
         if self.bootstrap.is_none() {
-            let endpoint = self.new_endpoint();
+            let endpoint = self.new_endpoint(&channel);
             let mut session = BootstrapSession::new(uri, endpoint, now.mono, Duration::ZERO);
             session.mark_finished();
             self.bootstrap = Some(BootstrapLink {

@@ -233,6 +233,11 @@ struct DtlsChannel {
     last_now: Now,
 }
 
+/// Worst-case DTLS 1.2 record expansion of our cipher suites: the 13-byte record header,
+/// and for the CBC-SHA256 suites a 16-byte IV, a 32-byte MAC and up to 16 bytes of padding
+/// (the CCM_8 suites need only 16 bytes more).
+const DTLS_RECORD_OVERHEAD_MAX: usize = 13 + 16 + 32 + 16;
+
 impl SecureChannel {
     pub fn new(security: ChannelSecurity) -> Self {
         let dtls = match security {
@@ -255,6 +260,15 @@ impl SecureChannel {
 
     pub fn is_secure(&self) -> bool {
         self.dtls.is_some()
+    }
+
+    /// The largest CoAP datagram one DTLS record can carry within the configured MTU, so
+    /// bigger messages go block-wise instead of being refused by the record layer; `None`
+    /// for NoSec (the UDP payload limit is the caller's buffer size).
+    pub fn max_coap_datagram(&self) -> Option<usize> {
+        self.dtls
+            .as_ref()
+            .map(|d| usize::from(d.config.mtu()).saturating_sub(DTLS_RECORD_OVERHEAD_MAX))
     }
 
     /// True while a DTLS session is established (always true for NoSec).
