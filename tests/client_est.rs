@@ -1292,6 +1292,43 @@ fn a_csr_larger_than_the_out_buffer_goes_block_wise() {
     );
 }
 
+#[test]
+fn bootstrap_writes_and_est_answers_larger_than_the_servers_messages_go_block_wise() {
+    // The Bootstrap-Server sends at most 256-byte messages: its Security writes (they carry
+    // the management server's certificate) reach the client as Block1 uploads, and the
+    // /est/crts and /est/sen certificates (about 450 bytes each) as Block2 downloads.
+    let run = |server_max: Option<usize>| {
+        let mut r = est_rig();
+        if let Some(n) = server_max {
+            r.bs.set_max_message_size(n);
+        }
+        start(&mut r);
+        r.run_until(Duration::from_secs(600), Rig::registered);
+        assert!(r.registered(), "{server_max:?}: {:?}", r.events);
+        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+        r
+    };
+    let plain = run(None);
+    let small = run(Some(256));
+    let state = small.client.est_state();
+    let cert_len = state.certificate.as_ref().unwrap().der().len();
+    let ca_len = state.cacerts[0].der().len();
+    assert!(cert_len > 256 && ca_len > 256, "{cert_len}, {ca_len}");
+    assert_eq!(enrollments(&small, false), 1);
+    // Each extra block is one more request (Block2) or answer (Block1) from the client.
+    assert!(
+        small.sent[0] >= plain.sent[0] + 4,
+        "{} vs {} datagrams",
+        small.sent[0],
+        plain.sent[0]
+    );
+    eprintln!(
+        "256-byte server messages: CA {ca_len} B and certificate {cert_len} B as Block2, \
+         bootstrap datagrams {} (vs {})",
+        small.sent[0], plain.sent[0]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A bootstrap account in mode 4 (SPEC 4.1)
 

@@ -253,6 +253,13 @@ impl BootstrapServer {
         }
     }
 
+    /// Caps every CoAP message the server sends (default 4096 bytes), for peers behind a
+    /// small MTU: larger Bootstrap-Writes then go as Block1 and larger EST answers as Block2.
+    /// Applies to peers that first talk to the server afterwards.
+    pub fn set_max_message_size(&mut self, bytes: usize) {
+        self.max_message_size = bytes;
+    }
+
     /// Sets what the server does when `endpoint` asks to be bootstrapped.
     pub fn provision(&mut self, endpoint: &str, p: Provisioning) {
         self.provisioning.insert(endpoint.to_string(), p);
