@@ -23,50 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static int g_checks;
-static int g_failures;
+#include "check.h"
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        g_checks++;                                                            \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
-
-#define CHECK_RC(expr, expected)                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        g_checks++;                                                            \
-        if (rc_ != (expected)) {                                               \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n",       \
-                    __FILE__, __LINE__, #expr, rc_, estuary_error_name(rc_),   \
-                    #expected);                                                \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
-
-/* ---- logging ----------------------------------------------------------- */
-
-static struct {
-    int count;
-    int last_level;
-    char last_module[128];
-    char last_message[512];
-} g_log;
-
-static void log_handler(estuary_log_level_t level, const char *module,
-                        const char *message, void *arg) {
-    int *calls = (int *) arg;
-    ++*calls;
-    g_log.count++;
-    g_log.last_level = level;
-    snprintf(g_log.last_module, sizeof(g_log.last_module), "%s", module);
-    snprintf(g_log.last_message, sizeof(g_log.last_message), "%s", message);
-    fprintf(stderr, "[log %d] %s: %s\n", level, module, message);
-}
+/* ---- logging: check_log_capture() (check.h) keeps the lines in g_log ----- */
 
 /* `expr` (an int call) returns `code`, and logs an ERROR line naming `fn`. */
 #define CHECK_REFUSED(expr, code, fn)                                          \
@@ -981,7 +940,8 @@ static void check_persistence(void) {
 
 int main(void) {
     int handler_calls = 0;
-    estuary_set_log_handler(log_handler, &handler_calls);
+    g_log_echo = true;
+    estuary_set_log_handler(check_log_capture, &handler_calls);
 
     check_codes_and_time();
     check_new();

@@ -35,30 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int g_checks;
-static int g_failures;
-
-#define CHECK_RC(expr, expected)                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        g_checks++;                                                            \
-        if (rc_ != (expected)) {                                               \
-            fprintf(stderr, "%s:%d: %s returned %d (%s), expected %s\n",       \
-                    __FILE__, __LINE__, #expr, rc_, estuary_error_name(rc_),   \
-                    #expected);                                                \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        g_checks++;                                                            \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
+#include "check.h"
 
 /* The handler errors the server checks, in the order of resources 100, 101, ... */
 static const int CODES[] = {

@@ -15,26 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int g_checks;
-static int g_failures;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        g_checks++;                                                            \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
-
-static void quiet(estuary_log_level_t level, const char *module,
-                  const char *message, void *arg) {
-    (void) level;
-    (void) module;
-    (void) message;
-    (void) arg;
-}
+#include "check.h"
 
 static estuary_t *make(const estuary_configuration_t *cfg) {
     return estuary_new(cfg);
@@ -56,7 +37,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s CA_PEM_FILE CA_DIR\n", argv[0]);
         return 2;
     }
-    estuary_set_log_handler(quiet, NULL);
+    estuary_set_log_handler(check_log_quiet, NULL);
 
     /* Defaults: zeroed DTLS fields. */
     const estuary_configuration_t plain = { .endpoint_name = "dtls-c" };

@@ -19,29 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int g_checks;
-static int g_failures;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        g_checks++;                                                            \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
-                    #cond);                                                    \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
-
-#define CHECK_RC(expr, expected)                                               \
-    do {                                                                       \
-        int rc_ = (expr);                                                      \
-        g_checks++;                                                            \
-        if (rc_ != (expected)) {                                               \
-            fprintf(stderr, "%s:%d: %s returned %d, expected %s\n", __FILE__,  \
-                    __LINE__, #expr, rc_, #expected);                          \
-            g_failures++;                                                      \
-        }                                                                      \
-    } while (0)
+#include "check.h"
 
 typedef struct {
     unsigned char *data;

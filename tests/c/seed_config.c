@@ -6,7 +6,7 @@
  *     (NULL, a log line naming the file) when it does not;
  *   - the hardware-engine block is refused with a log line saying engines are not in this
  *     build.
- * Prints "N passed, M failed" and exits 0 only if nothing failed.
+ * Prints "N checks, M failed" and exits 0 only if nothing failed.
  *
  *   seed_config ENDPOINT_NAME
  */
@@ -18,29 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int g_passed, g_failed;
-
-#define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (cond) {                                                         \
-            g_passed++;                                                     \
-        } else {                                                            \
-            g_failed++;                                                     \
-            printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);        \
-        }                                                                   \
-    } while (0)
-
-/* The log lines of the current check, to look for the reason of a refusal. */
-static char g_log[8192];
-
-static void capture_log(estuary_log_level_t level, const char *module,
-                        const char *message, void *arg) {
-    (void) level;
-    (void) module;
-    (void) arg;
-    size_t used = strlen(g_log);
-    snprintf(g_log + used, sizeof(g_log) - used, "%s\n", message);
-}
+#include "check.h"
 
 static estuary_t *g_estuary;
 
@@ -127,40 +105,41 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s ENDPOINT_NAME\n", argv[0]);
         return 2;
     }
-    estuary_set_log_handler(capture_log, NULL);
+    /* The log lines of the current check (g_log.text) hold the reason of a refusal. */
+    estuary_set_log_handler(check_log_capture, NULL);
 
     /* The seed's block, as it is. */
-    g_log[0] = '\0';
+    g_log.text[0] = '\0';
     const bool have_bundle = access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0;
     estuary_t *e = new_from_seed_block(argv);
     if (have_bundle) {
         CHECK(e != NULL);
         if (!e) {
-            printf("estuary_new refused the seed's configuration:\n%s", g_log);
+            printf("estuary_new refused the seed's configuration:\n%s", g_log.text);
         }
     } else {
         CHECK(e == NULL);
-        CHECK(strstr(g_log, "ca-certificates.crt") != NULL);
+        CHECK(strstr(g_log.text, "ca-certificates.crt") != NULL);
     }
     estuary_delete(e);
     g_estuary = NULL;
 
     /* A missing trust store file: NULL and a log line naming the file. */
-    g_log[0] = '\0';
+    g_log.text[0] = '\0';
     e = new_with_missing_trust_store(argv);
     CHECK(e == NULL);
-    CHECK(strstr(g_log, "/nonexistent/estuary-seed/ca-certificates.crt") != NULL);
+    CHECK(strstr(g_log.text, "/nonexistent/estuary-seed/ca-certificates.crt") != NULL);
     estuary_delete(e);
 
     /* The hardware-engine block: refused, saying why. */
-    g_log[0] = '\0';
+    g_log.text[0] = '\0';
     e = new_from_seed_hsm_block(argv);
     CHECK(e == NULL);
-    CHECK(strstr(g_log, "engines are not in this build") != NULL);
-    CHECK(strstr(g_log, "est_engine_key_address") != NULL);
+    CHECK(strstr(g_log.text, "engines are not in this build") != NULL);
+    CHECK(strstr(g_log.text, "est_engine_key_address") != NULL);
     estuary_delete(e);
     g_estuary = NULL;
 
-    printf("seed_config: %d passed, %d failed\n", g_passed, g_failed);
-    return g_failed ? 1 : 0;
+    printf("seed_config: %d checks, %d failed\n", g_checks, g_failures);
+    return g_failures ? 1 : 0;
 }
