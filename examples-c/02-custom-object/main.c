@@ -12,20 +12,19 @@
  * is safe from another thread), so the main thread can sample the sensor between runs of
  * the loop.
  */
-/* getopt, sigaction, nanosleep, clock_gettime under -std=c11. */
+/* nanosleep, clock_gettime under -std=c11. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <estuary.h>
 
 #include <math.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
+
+#include "../common/example_common.h"
 
 #define OID_TEMPERATURE 3303
 #define RID_MIN_MEASURED 5601
@@ -206,65 +205,19 @@ static void update_sensor(struct temperature_object *t, unsigned long tick) {
     }
 }
 
-static void log_handler(estuary_log_level_t level, const char *module,
-                        const char *message, void *arg) {
-    (void) arg;
-    static const char *const names[] = { "TRACE", "DEBUG", "INFO", "WARN",
-                                         "ERROR" };
-    const char *name = (unsigned) level < 5 ? names[level] : "?";
-    fprintf(stderr, "%-5s %s: %s\n", name, module, message);
-}
-
-static void usage(const char *prog) {
-    fprintf(stderr,
-            "usage: %s -e ENDPOINT [-u SERVER_URI] [-l LIFETIME] [-h]\n"
-            "  -e ENDPOINT    endpoint client name (required)\n"
-            "  -u SERVER_URI  LwM2M server URI (default coap://127.0.0.1:5683)\n"
-            "  -l LIFETIME    registration lifetime in seconds (default 60)\n"
-            "  -h             this help\n",
-            prog);
-}
-
 int main(int argc, char **argv) {
-    const char *endpoint = NULL;
-    const char *uri = "coap://127.0.0.1:5683";
-    long lifetime = 60;
-    int opt;
-    while ((opt = getopt(argc, argv, "e:u:l:h")) != -1) {
-        switch (opt) {
-        case 'e':
-            endpoint = optarg;
-            break;
-        case 'u':
-            uri = optarg;
-            break;
-        case 'l': {
-            char *end = NULL;
-            lifetime = strtol(optarg, &end, 10);
-            if (!end || *end || lifetime <= 0 || lifetime > 0x7fffffffL) {
-                fprintf(stderr, "invalid lifetime: %s\n", optarg);
-                return 2;
-            }
-            break;
-        }
-        case 'h':
-            usage(argv[0]);
-            return 0;
-        default:
-            usage(argv[0]);
-            return 2;
-        }
-    }
-    if (!endpoint) {
-        usage(argv[0]);
-        return 2;
+    /* The command line (-e -u -l): examples-c/common. */
+    example_args_t args;
+    int exit_code = example_args_parse(&args, argc, argv, EXAMPLE_NOSEC_ONLY);
+    if (exit_code >= 0) {
+        return exit_code;
     }
 
-    estuary_set_log_handler(log_handler, NULL);
+    estuary_set_log_handler(example_log_handler, NULL);
     estuary_set_log_level(ESTUARY_LOG_INFO);
 
     const estuary_configuration_t config = {
-        .endpoint_name = endpoint,
+        .endpoint_name = args.endpoint,
         .in_buffer_size = 4000,
         .out_buffer_size = 4000,
         .msg_cache_size = 4000,
@@ -278,18 +231,12 @@ int main(int argc, char **argv) {
     int result = 1;
     const estuary_security_instance_t security = {
         .ssid = 1,
-        .server_uri = uri,
+        .server_uri = args.server_uri,
         .bootstrap_server = false,
         .security_mode = ESTUARY_SECURITY_NOSEC,
     };
-    const estuary_server_instance_t server = {
-        .ssid = 1,
-        .lifetime = (int32_t) lifetime,
-        .default_min_period = -1,
-        .default_max_period = -1,
-        .disable_timeout = -1,
-        .binding = "U",
-    };
+    /* -l as the lifetime, the default periods, binding "U". */
+    const estuary_server_instance_t server = example_server_instance(&args);
     const estuary_device_object_config_t device = {
         .manufacturer = "Estuary Labs",
         .model_number = "02-custom-object",
@@ -315,12 +262,7 @@ int main(int argc, char **argv) {
         goto finish;
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    example_on_stop_signals(on_signal);
 
     pthread_t ticker_thread;
     if (pthread_create(&ticker_thread, NULL, ticker, NULL) != 0) {

@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/example_common.h"
+
 #define DEFAULT_BOOTSTRAP_URI "coaps://127.0.0.1:5694"
 #define DEFAULT_STATE_DIR "estuary-state"
 
@@ -165,42 +167,14 @@ static int set_tick(long ms) {
 
 /* ---------------------------------------------------------------- files */
 
-/* A whole file in a malloc'd buffer; NULL (and a message) on failure. */
+/* A whole file in a malloc'd buffer (examples-c/common); NULL (and a message) on failure. */
 static uint8_t *read_file(const char *path, size_t *out_size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        say("cannot open %s: %s", path, strerror(errno));
-        return NULL;
+    const char *why = NULL;
+    uint8_t *data = example_read_file(path, out_size, &why);
+    if (!data) {
+        say("cannot read %s: %s", path, why);
     }
-    uint8_t *buf = NULL;
-    size_t size = 0, cap = 0;
-    for (;;) {
-        if (size == cap) {
-            cap = cap ? 2 * cap : 4096;
-            uint8_t *bigger = (uint8_t *) realloc(buf, cap);
-            if (!bigger) {
-                free(buf);
-                fclose(f);
-                say("%s: out of memory", path);
-                return NULL;
-            }
-            buf = bigger;
-        }
-        size_t n = fread(buf + size, 1, cap - size, f);
-        size += n;
-        if (n == 0) {
-            break;
-        }
-    }
-    int failed = ferror(f);
-    fclose(f);
-    if (failed || size == 0) {
-        say("%s: %s", path, failed ? "read error" : "empty file");
-        free(buf);
-        return NULL;
-    }
-    *out_size = size;
-    return buf;
+    return data;
 }
 
 static bool file_exists(const char *path) {
