@@ -62,7 +62,9 @@ fn registration_events(sim: &Sim) -> Vec<Timed<ServerEvent>> {
             | ServerEvent::Updated { endpoint }
             | ServerEvent::Expired { endpoint }
             | ServerEvent::Deregistered { endpoint } => endpoint == EP,
-            ServerEvent::OpFinished { .. } | ServerEvent::Notification { .. } => false,
+            ServerEvent::OpFinished { .. }
+            | ServerEvent::Notification { .. }
+            | ServerEvent::RegisterRefused { .. } => false,
         })
         .cloned()
         .collect()

@@ -42,6 +42,11 @@ pub enum EventKind {
     Expired {
         ep: String,
     },
+    /// A Register refused with 4.03 (the peer did not authenticate as the endpoint must).
+    RegisterRefused {
+        ep: String,
+        reason: String,
+    },
     /// A Read the server sent finished: `code` when the client answered, `error` when the
     /// exchange failed (timeout, RST).
     Read {
@@ -120,6 +125,7 @@ impl EventKind {
             | EventKind::Updated { ep }
             | EventKind::Deregistered { ep }
             | EventKind::Expired { ep }
+            | EventKind::RegisterRefused { ep, .. }
             | EventKind::Read { ep, .. }
             | EventKind::Operation { ep, .. }
             | EventKind::Notification { ep, .. }
@@ -140,6 +146,7 @@ impl EventKind {
             EventKind::Updated { .. } => "updated",
             EventKind::Deregistered { .. } => "deregistered",
             EventKind::Expired { .. } => "expired",
+            EventKind::RegisterRefused { .. } => "register_refused",
             EventKind::Read { .. } => "read",
             EventKind::Operation { .. } => "operation",
             EventKind::Notification { .. } => "notification",
@@ -171,6 +178,9 @@ impl EventKind {
             EventKind::Updated { .. } => format!("ep={ep} updated"),
             EventKind::Deregistered { .. } => format!("ep={ep} deregistered"),
             EventKind::Expired { .. } => format!("ep={ep} expired"),
+            EventKind::RegisterRefused { reason, .. } => {
+                format!("ep={ep} register refused reason={reason:?}")
+            }
             EventKind::Read {
                 path, code, error, ..
             } => match (code, error) {

@@ -15,7 +15,7 @@ use estuary::coap::{
 use estuary::dm::link;
 use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
-use log::debug;
+use log::{debug, warn};
 
 /// Identifies a device-management operation started through [`Lwm2mServer::request`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +65,12 @@ pub enum ServerEvent {
     /// The registration lifetime ran out without an Update.
     Expired {
         endpoint: String,
+    },
+    /// A Register refused with 4.03: the peer did not authenticate as its endpoint must
+    /// (see [`Lwm2mServer::require_authentication`]).
+    RegisterRefused {
+        endpoint: String,
+        reason: String,
     },
     /// A Read (or other operation) finished, with the response or why it failed. For an
     /// Observe GET this is the first response; later values arrive as `Notification`.
@@ -184,6 +190,11 @@ pub struct Lwm2mServer {
     next_op: u64,
     tx: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<ServerEvent>,
+    /// How endpoints must have authenticated to register ("est", ...), from provisioning.
+    required_auth: HashMap<String, String>,
+    /// How each peer authenticated ("nosec", "psk", "certificate", "est"), told by the
+    /// transport that decrypted its datagrams.
+    peer_auth: HashMap<SocketAddr, String>,
 }
 
 impl Lwm2mServer {
@@ -200,6 +211,22 @@ impl Lwm2mServer {
             next_op: 1,
             tx: VecDeque::new(),
             events: VecDeque::new(),
+            required_auth: HashMap::new(),
+            peer_auth: HashMap::new(),
+        }
+    }
+
+    /// Accepts a Register from `endpoint` only from a peer that authenticated as `mode`
+    /// ("est": with a certificate from the EST CA); others get 4.03.
+    pub fn require_authentication(&mut self, endpoint: &str, mode: &str) {
+        self.required_auth
+            .insert(endpoint.to_string(), mode.to_string());
+    }
+
+    /// Records how `peer` authenticated (its DTLS session's mode, or "nosec").
+    pub fn set_peer_auth(&mut self, peer: SocketAddr, mode: &str) {
+        if self.peer_auth.get(&peer).map(String::as_str) != Some(mode) {
+            self.peer_auth.insert(peer, mode.to_string());
         }
     }
 
@@ -364,6 +391,18 @@ impl Lwm2mServer {
             return coap::new_response(code::BAD_REQUEST);
         };
         let ep = ep.to_string();
+        if let Some(required) = self.required_auth.get(&ep) {
+            let got = self.peer_auth.get(&peer).map_or("nosec", String::as_str);
+            if got != required {
+                let reason = format!("registered over {got}, but must authenticate as {required}");
+                warn!("Register from ep={ep} at {peer} refused: {reason}");
+                self.events.push_back(ServerEvent::RegisterRefused {
+                    endpoint: ep,
+                    reason,
+                });
+                return coap::new_response(code::FORBIDDEN);
+            }
+        }
         // A new registration replaces any older one of the same endpoint.
         self.registrations.retain(|_, r| r.endpoint != ep);
         let id = self.next_location;
@@ -630,6 +669,48 @@ mod tests {
         while server.poll_event().is_some() {}
         while client.poll_event().is_some() {}
         (server, client)
+    }
+
+    #[test]
+    fn an_est_endpoint_registers_only_with_an_est_certificate() {
+        let peer: SocketAddr = CLIENT.parse().unwrap();
+        let mut server = Lwm2mServer::new(TxParams::default(), 7);
+        server.require_authentication("ep1", "est");
+        let mut rng = SeededRng::new(3);
+        let mut client = Endpoint::new(TxParams::default(), 1152, 4096, &mut rng);
+        let register = |client: &mut Endpoint| {
+            let mut reg = coap::new_request(code::POST, "/rd");
+            reg.add_option(CoapOption::UriQuery, b"ep=ep1".to_vec());
+            client.send_request(now0().mono, reg, true).unwrap();
+        };
+        let answer = |client: &mut Endpoint| loop {
+            match client.poll_event() {
+                Some(EndpointEvent::Response { packet, .. }) => return coap::raw_code(&packet),
+                Some(_) => continue,
+                None => panic!("no response"),
+            }
+        };
+        // The factory certificate (mode "certificate") and plain CoAP are refused.
+        for mode in ["certificate", "nosec"] {
+            server.set_peer_auth(peer, mode);
+            register(&mut client);
+            pump(&mut server, &mut client);
+            assert_eq!(answer(&mut client), code::FORBIDDEN, "{mode}");
+            assert!(server.registration("ep1").is_none());
+            match server.poll_event() {
+                Some(ServerEvent::RegisterRefused { endpoint, reason }) => {
+                    assert_eq!(endpoint, "ep1");
+                    assert!(reason.contains(mode) && reason.contains("est"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Other endpoints are not affected; ep1 with its EST certificate registers.
+        server.set_peer_auth(peer, "est");
+        register(&mut client);
+        pump(&mut server, &mut client);
+        assert_eq!(answer(&mut client), code::CREATED);
+        assert!(server.registration("ep1").is_some());
     }
 
     /// Moves every queued datagram between the two sides until both are quiet.

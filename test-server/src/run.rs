@@ -518,6 +518,7 @@ impl Lwm2mLoop {
                 Ok((_, src)) if src == self.waker_addr => {}
                 Ok((n, src)) => {
                     let now = self.clock.now();
+                    self.server.set_peer_auth(src, "nosec");
                     self.server.handle_datagram(now, src, &buf[..n]);
                     self.flush(now);
                 }
@@ -590,6 +591,8 @@ impl Lwm2mLoop {
                 let now = self.clock.now();
                 if let Some((_, secure)) = self.coaps.as_mut() {
                     for coap in secure.handle_datagram(now, peer, &data) {
+                        let mode = secure.peer_auth(peer).map_or("nosec", |a| a.mode());
+                        self.server.set_peer_auth(peer, mode);
                         self.server.handle_datagram(now, peer, &coap);
                     }
                 }
@@ -705,6 +708,10 @@ impl Lwm2mLoop {
                     self.observations.retain(|_, (ep, _)| *ep != endpoint);
                     EventKind::Expired { ep: endpoint }
                 }
+                ServerEvent::RegisterRefused { endpoint, reason } => EventKind::RegisterRefused {
+                    ep: endpoint,
+                    reason,
+                },
                 ServerEvent::OpFinished { op, result, .. } if self.requests.contains_key(&op) => {
                     let Some(p) = self.requests.remove(&op) else {
                         continue;
@@ -1028,6 +1035,14 @@ impl TestServer {
         let mut bootstrap_addr = None;
         let mut bootstrap_reader = None;
         let mut bootstrap_coaps_reader = None;
+        // Endpoints provisioned in EST mode register only with a certificate from the EST CA.
+        let est_endpoints: Vec<String> = cfg.bootstrap.as_ref().map_or(Vec::new(), |(_, c)| {
+            c.endpoints
+                .iter()
+                .filter(|(_, ep)| ep.security_mode == crate::config::SecurityModeName::Est)
+                .map(|(name, _)| name.clone())
+                .collect()
+        });
         let bootstrap = match cfg.bootstrap {
             Some((addr, config)) => {
                 let sock = UdpSocket::bind(addr)
@@ -1087,13 +1102,17 @@ impl TestServer {
             }
             None => None,
         };
+        let mut server = Lwm2mServer::new(cfg.tx_params, seed);
+        for ep in &est_endpoints {
+            server.require_authentication(ep, "est");
+        }
         let lp = Lwm2mLoop {
             socket,
             coaps,
             bootstrap,
             bootstrap_coaps,
             waker_addr,
-            server: Lwm2mServer::new(cfg.tx_params, seed),
+            server,
             clock: Clock {
                 origin: std::time::Instant::now(),
             },

@@ -32,9 +32,9 @@ impl Drop for Server {
     }
 }
 
-/// Starts `run` and returns it with the `bootstrap_coaps=` URI and `control=` address of its
-/// first stdout line.
-fn start_server(dir: &Path, events: &Path) -> (Server, String, String) {
+/// Starts `run` and returns it with the `bootstrap_coaps=` URI, `control=` address and
+/// `coaps=` (management) URI of its first stdout line.
+fn start_server(dir: &Path, events: &Path) -> (Server, String, String, String) {
     let mut child = Command::new(BIN)
         .args(["run", "--dir"])
         .arg(dir)
@@ -75,8 +75,30 @@ fn start_server(dir: &Path, events: &Path) -> (Server, String, String) {
     };
     let bs = field("bootstrap_coaps=");
     let control = field("control=http://");
+    let coaps = field("coaps=");
     assert!(bs.starts_with("coaps://127.0.0.1:"), "{bs}");
-    (server, bs, control)
+    (server, bs, control, coaps)
+}
+
+/// `init` for EP with its management account in EST mode; returns the state directory.
+fn init_est_endpoint(tmp: &Path) -> std::path::PathBuf {
+    let dir = tmp.join("state");
+    let init = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(&dir)
+        .args(["--endpoint", EP])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let cfg_path = dir.join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(cfg.contains("security_mode = \"nosec\""), "{cfg}");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("security_mode = \"nosec\"", "security_mode = \"est\""),
+    )
+    .unwrap();
+    dir
 }
 
 /// The events file as JSON values, in order.
@@ -112,25 +134,10 @@ fn done(events: &[serde_json::Value]) -> bool {
 fn client_enrolls_then_reenrolls_twice_over_real_udp() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("state");
-    let init = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .args(["--endpoint", EP])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{init:?}");
     // The management account of this endpoint is mode 4 (EST).
-    let cfg_path = dir.join("config.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
-    assert!(cfg.contains("security_mode = \"nosec\""), "{cfg}");
-    std::fs::write(
-        &cfg_path,
-        cfg.replace("security_mode = \"nosec\"", "security_mode = \"est\""),
-    )
-    .unwrap();
+    let dir = init_est_endpoint(tmp.path());
     let events_path = tmp.path().join("events.jsonl");
-    let (_server, bs_uri, control) = start_server(&dir, &events_path);
+    let (_server, bs_uri, control, _) = start_server(&dir, &events_path);
 
     // The client: its factory certificate and key, and the server's certificate pinned.
     let creds = dir.join("endpoints").join(EP);
@@ -265,4 +272,66 @@ fn client_enrolls_then_reenrolls_twice_over_real_udp() {
         events.len(),
         started.elapsed()
     );
+}
+
+#[test]
+fn an_est_endpoint_registering_with_its_factory_certificate_is_refused() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_est_endpoint(tmp.path());
+    let events_path = tmp.path().join("events.jsonl");
+    let (_server, _, _, coaps_uri) = start_server(&dir, &events_path);
+
+    // Straight to the management server in Certificate mode with the factory certificate,
+    // skipping bootstrap and EST: the DTLS handshake succeeds (the factory CA is trusted),
+    // the Register does not.
+    let creds = dir.join("endpoints").join(EP);
+    let read = |f: &str| std::fs::read(creds.join(f)).unwrap();
+    let factory = Certificate::from_pem(&read("factory-cert.pem")).unwrap();
+    let key = KeyPair::from_der_or_pem(&read("factory-key.pem")).unwrap();
+    let server_cert = Certificate::from_pem(&read("server-cert.pem")).unwrap();
+    let sec = SecurityInstance::certificate(
+        &coaps_uri,
+        1,
+        factory.der(),
+        key.to_der().expose(),
+        server_cert.der(),
+    );
+    let mut client = Client::new(ClientConfig::new(EP), Box::new(SeededRng::new(22))).unwrap();
+    client.data_model_mut().security.insert(0, sec).unwrap();
+    client
+        .data_model_mut()
+        .server
+        .insert(0, estuary::dm::objects::ServerInstance::new(1, 300))
+        .unwrap();
+    let mut driver = Driver::with_client(client, 0).unwrap();
+    let stop = driver.interrupt_handle();
+    let runner = std::thread::spawn(move || {
+        driver.run(Duration::from_millis(200)).unwrap();
+        let registered = driver.client().is_registered();
+        driver.shutdown(Duration::from_secs(1));
+        registered
+    });
+    let mut events = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        events = read_events(&events_path);
+        if events.iter().any(|v| name(v) == "register_refused") {
+            break;
+        }
+    }
+    stop.interrupt();
+    let registered = runner.join().unwrap();
+    let names: Vec<&str> = events.iter().map(name).collect();
+    let refused = events
+        .iter()
+        .find(|v| name(v) == "register_refused")
+        .unwrap_or_else(|| panic!("no register_refused: {names:?}"));
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("certificate") && reason.contains("est"),
+        "{reason}"
+    );
+    assert!(!names.contains(&"registered"), "{names:?}");
+    assert!(!registered);
 }
