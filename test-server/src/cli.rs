@@ -58,10 +58,11 @@ pub enum Command {
         /// Validity of the certificates EST issues: a number with s, m, h, d or y.
         #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_validity)]
         cert_validity: std::time::Duration,
-        /// Make the EST CA misbehave: est-503[=SECONDS], est-delay[=SECONDS], est-wrong-key,
-        /// est-expired, est-truncated (repeatable).
+        /// Faults for tests: drop=PERCENT (lose that share of received datagrams on every
+        /// port), or make the EST CA misbehave: est-503[=SECONDS], est-delay[=SECONDS],
+        /// est-wrong-key, est-expired, est-truncated (repeatable).
         #[arg(long, value_name = "NAME", value_parser = parse_fault)]
-        fault: Vec<crate::est_server::EstFault>,
+        fault: Vec<Fault>,
     },
     /// List the registered clients.
     Clients {
@@ -638,13 +639,29 @@ fn parse_validity(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{s:?}: too long"))
 }
 
-/// `--fault`: one of the EST CA's fault names.
-fn parse_fault(s: &str) -> Result<crate::est_server::EstFault, String> {
-    crate::est_server::EstFault::parse(s).ok_or_else(|| {
-        format!(
-            "unknown fault {s:?} (est-503[=SECONDS], est-delay[=SECONDS], est-wrong-key, est-expired, est-truncated)"
-        )
-    })
+/// A `--fault` switch: the EST CA's, or loss on every port.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    Est(crate::est_server::EstFault),
+    /// `drop=PERCENT`: that share of received datagrams is dropped.
+    Drop(u8),
+}
+
+/// `--fault`: `drop=PERCENT` or one of the EST CA's fault names.
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    if let Some(p) = s.strip_prefix("drop=") {
+        return match p.trim_end_matches('%').parse::<u8>() {
+            Ok(n) if n <= 100 => Ok(Fault::Drop(n)),
+            _ => Err(format!("--fault {s:?}: drop takes a percentage 0..=100")),
+        };
+    }
+    crate::est_server::EstFault::parse(s)
+        .map(Fault::Est)
+        .ok_or_else(|| {
+            format!(
+                "unknown fault {s:?} (drop=PERCENT, est-503[=SECONDS], est-delay[=SECONDS], est-wrong-key, est-expired, est-truncated)"
+            )
+        })
 }
 
 fn run(
@@ -653,7 +670,7 @@ fn run(
     events: Option<PathBuf>,
     lwm2m_port: Option<u16>,
     cert_validity: std::time::Duration,
-    faults: Vec<crate::est_server::EstFault>,
+    faults: Vec<Fault>,
 ) -> Result<(), String> {
     let mut config = init::load_config(&dir).map_err(|e| e.to_string())?;
     if let Some(p) = lwm2m_port {
@@ -665,7 +682,12 @@ fn run(
     }
     cfg.events_file = events.clone();
     cfg.cert_validity = cert_validity;
-    cfg.est_faults = faults;
+    for f in faults {
+        match f {
+            Fault::Est(e) => cfg.est_faults.push(e),
+            Fault::Drop(p) => cfg.drop_percent = p,
+        }
+    }
     // Signals are caught before any thread starts, so none of them dies of SIGINT.
     let signals = signal::Termination::install().map_err(|e| format!("signal handlers: {e}"))?;
     let handle = TestServer::start(cfg).map_err(|e| e.to_string())?;
@@ -1095,6 +1117,11 @@ mod tests {
         assert!(parse_fault("est-503").is_ok());
         assert!(parse_fault("est-delay=3").is_ok());
         assert!(parse_fault("est-nonsense").is_err());
+        assert_eq!(parse_fault("drop=30"), Ok(Fault::Drop(30)));
+        assert_eq!(parse_fault("drop=100%"), Ok(Fault::Drop(100)));
+        for bad in ["drop=101", "drop=", "drop=-1", "drop=x"] {
+            assert!(parse_fault(bad).is_err(), "{bad:?}");
+        }
         let run = Cli::try_parse_from([
             "estuary-testserver",
             "run",

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use estuary::coap::TxParams;
+use estuary::rng::{RandomSource, SeededRng};
 use estuary::time::{Instant, Now, UtcTime};
 use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,9 @@ pub struct TestServerConfig {
     pub cert_validity: Duration,
     /// How the EST CA misbehaves (`run --fault`).
     pub est_faults: Vec<crate::est_server::EstFault>,
+    /// Share of received datagrams dropped on every port, in percent (`run --fault
+    /// drop=PERCENT`), to watch a client retransmit; seeded by `seed`.
+    pub drop_percent: u8,
 }
 
 /// Certificates EST issues are valid this long unless `run --cert-validity` says otherwise.
@@ -99,6 +103,7 @@ impl Default for TestServerConfig {
             bootstrap_coaps: None,
             cert_validity: DEFAULT_CERT_VALIDITY,
             est_faults: Vec::new(),
+            drop_percent: 0,
         }
     }
 }
@@ -464,9 +469,26 @@ struct Lwm2mLoop {
     requests: HashMap<OpId, PendingRequest>,
     /// Accepted observations: endpoint and path, for notification events and cancelling.
     observations: HashMap<OpId, (String, String)>,
+    /// `--fault drop=PERCENT`: the share of received datagrams dropped, and its dice.
+    drop_percent: u8,
+    loss: SeededRng,
+    dropped: u64,
 }
 
 impl Lwm2mLoop {
+    /// True when `--fault drop` loses this received datagram.
+    fn lose(&mut self, peer: SocketAddr) -> bool {
+        if self.drop_percent == 0 || (self.loss.next_u32() % 100) >= u32::from(self.drop_percent) {
+            return false;
+        }
+        self.dropped += 1;
+        debug!(
+            "--fault drop: datagram from {peer} dropped ({} so far)",
+            self.dropped
+        );
+        true
+    }
+
     fn run(mut self) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
@@ -516,6 +538,7 @@ impl Lwm2mLoop {
             }
             match self.socket.recv_from(&mut buf) {
                 Ok((_, src)) if src == self.waker_addr => {}
+                Ok((_, src)) if self.lose(src) => {}
                 Ok((n, src)) => {
                     let now = self.clock.now();
                     self.server.set_peer_auth(src, "nosec");
@@ -565,6 +588,9 @@ impl Lwm2mLoop {
                 }
             }
             Command::Bootstrap(peer, data) => {
+                if self.lose(peer) {
+                    return;
+                }
                 let now = self.clock.now();
                 if let Some((_, bs)) = self.bootstrap.as_mut() {
                     // A plain datagram: whatever DTLS identity this address had is gone.
@@ -574,6 +600,9 @@ impl Lwm2mLoop {
                 self.flush(now);
             }
             Command::BootstrapCoaps(peer, data) => {
+                if self.lose(peer) {
+                    return;
+                }
                 let now = self.clock.now();
                 if let (Some((_, secure)), Some((_, bs))) =
                     (self.bootstrap_coaps.as_mut(), self.bootstrap.as_mut())
@@ -588,6 +617,9 @@ impl Lwm2mLoop {
                 self.flush(now);
             }
             Command::Coaps(peer, data) => {
+                if self.lose(peer) {
+                    return;
+                }
                 let now = self.clock.now();
                 if let Some((_, secure)) = self.coaps.as_mut() {
                     for coap in secure.handle_datagram(now, peer, &data) {
@@ -1121,6 +1153,9 @@ impl TestServer {
             pending: HashMap::new(),
             requests: HashMap::new(),
             observations: HashMap::new(),
+            drop_percent: cfg.drop_percent.min(100),
+            loss: SeededRng::new(seed.rotate_left(41)),
+            dropped: 0,
         };
         let lwm2m_thread = std::thread::Builder::new()
             .name("lwm2m-server".into())

@@ -226,3 +226,35 @@ fn a_silent_client_gives_504_within_the_asked_timeout() {
     server.stop();
     assert!(stopping.elapsed() < Duration::from_secs(3));
 }
+
+/// `--fault drop=PERCENT`: at 100 % no Register ever arrives; at 50 % (seeded) the client's
+/// retransmissions get one through.
+#[test]
+fn drop_fault_loses_that_share_of_datagrams() {
+    let start = |percent: u8| {
+        TestServer::start(TestServerConfig {
+            echo_events: false,
+            seed: Some(11),
+            drop_percent: percent,
+            ..TestServerConfig::default()
+        })
+        .unwrap()
+    };
+    let d = Deadline::after(Duration::from_secs(70));
+    let all = start(100);
+    let mut client = UdpClient::spawn("drop-all", all.lwm2m_addr(), 60, Duration::from_secs(10));
+    assert!(!client.wait_event(&d, Duration::from_secs(5), |e| matches!(
+        e,
+        Event::Registered { .. }
+    )));
+    assert!(all.clients().iter().all(|c| c.endpoint != "drop-all"));
+    client.kill();
+
+    let half = start(50);
+    let mut client = UdpClient::spawn("drop-half", half.lwm2m_addr(), 60, Duration::from_secs(60));
+    assert!(client.wait_event(&d, Duration::from_secs(60), |e| matches!(
+        e,
+        Event::Registered { .. }
+    )));
+    client.kill();
+}
