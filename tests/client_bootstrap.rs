@@ -376,27 +376,11 @@ fn a_year_of_30_day_certificates_renews_every_27_days_on_time() {
     assert!(keys.windows(2).all(|w| w[0] == w[1]));
     // No byte string of the private key ever appears in what the client sent.
     let secret = keys[0].to_sec1_der();
-    let scalar = private_scalar(secret.expose());
-    for d in &r.captured {
-        assert!(
-            !d.windows(scalar.len()).any(|w| w == scalar),
-            "a datagram carries the private key"
-        );
-    }
+    r.assert_no_datagram_carries_key(secret.expose());
     eprintln!(
         "one year of 30-day certificates: {renewals} renewals, lateness {late:?} ms, {} datagrams scanned",
         r.captured.len()
     );
-}
-
-/// The 32-byte private scalar inside a SEC1 `ECPrivateKey` (the OCTET STRING after the
-/// version INTEGER).
-fn private_scalar(sec1: &[u8]) -> Vec<u8> {
-    let pos = sec1
-        .windows(2)
-        .position(|w| w == [0x04, 0x20])
-        .expect("SEC1 private key octet string");
-    sec1[pos + 2..pos + 34].to_vec()
 }
 
 /// The answer code of the management server's operation `op`.
@@ -422,21 +406,6 @@ fn execute(r: &mut Rig, path: &str) -> estuary_testserver::lwm2m_server::OpId {
     op
 }
 
-fn registrations(r: &Rig) -> Vec<Duration> {
-    r.lw_events
-        .iter()
-        .filter(|(_, e)| matches!(e, ServerEvent::Registered { .. }))
-        .map(|(t, _)| *t)
-        .collect()
-}
-
-fn bootstrap_requests(r: &Rig) -> usize {
-    r.bs_events
-        .iter()
-        .filter(|(_, e)| matches!(e, BootstrapEvent::Requested { .. }))
-        .count()
-}
-
 #[test]
 fn bootstrap_request_trigger_bootstraps_again_and_registers_with_the_new_configuration() {
     for setup in [Setup::NoSecToNoSec, Setup::PskToPsk] {
@@ -444,7 +413,7 @@ fn bootstrap_request_trigger_bootstraps_again_and_registers_with_the_new_configu
         start(&mut r);
         r.run_until(Duration::from_secs(60), Rig::registered);
         assert!(r.registered(), "{setup:?}: {:?}", r.events);
-        assert_eq!(bootstrap_requests(&r), 1);
+        assert_eq!(r.bootstrap_requests(), 1);
         // The second provisioning gives a different lifetime, so "registers again with what
         // it was given" is visible in the new Register.
         r.bs.provision(
@@ -473,9 +442,9 @@ fn bootstrap_request_trigger_bootstraps_again_and_registers_with_the_new_configu
         let op = execute(&mut r, "/1/0/9");
         let t0 = r.elapsed();
         let until = t0 + Duration::from_secs(60);
-        r.run_until(until, |r| registrations(r).len() >= 2);
+        r.run_until(until, |r| r.registrations() >= 2);
         assert_eq!(op_code(&r, op).as_deref(), Some("2.04"), "{setup:?}");
-        assert_eq!(bootstrap_requests(&r), 2, "{setup:?}: {:?}", r.bs_events);
+        assert_eq!(r.bootstrap_requests(), 2, "{setup:?}: {:?}", r.bs_events);
         assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 2);
         let regs: Vec<u32> = r
             .lw_events
@@ -554,8 +523,8 @@ fn bootstrap_request_trigger_without_a_bootstrap_account_is_refused_and_changes_
     );
     // Only the 4.05 went out to the management server.
     assert_eq!(r.sent[1], sent_before[1] + 1);
-    assert_eq!(bootstrap_requests(&r), 0);
-    assert_eq!(registrations(&r).len(), 1);
+    assert_eq!(r.bootstrap_requests(), 0);
+    assert_eq!(r.registrations(), 1);
     assert!(r.client.is_registered());
 }
 
@@ -855,8 +824,8 @@ fn bootstrap_discover_read_and_delete_through_the_test_server() {
     let skip = step_count(&r);
     execute(&mut r, "/1/0/9");
     let until = r.elapsed() + Duration::from_secs(60);
-    r.run_until(until, |r| registrations(r).len() >= 2);
-    assert_eq!(registrations(&r).len(), 2);
+    r.run_until(until, |r| r.registrations() >= 2);
+    assert_eq!(r.registrations(), 2);
     let steps = steps_after(&r, skip);
     let summary: Vec<String> = steps.iter().map(|(o, c, _)| format!("{o} {c}")).collect();
     assert_eq!(
@@ -1033,7 +1002,7 @@ fn bad_bootstrap_writes_through_the_test_server_get_4xx_and_change_nothing() {
     r.bs.provision(EP, Provisioning::accounts(&[good]));
     r.client.schedule_bootstrap_request(r.now).unwrap();
     let until = r.elapsed() + Duration::from_secs(60);
-    r.run_until(until, |r| registrations(r).len() >= 2);
-    assert_eq!(registrations(&r).len(), 2);
+    r.run_until(until, |r| r.registrations() >= 2);
+    assert_eq!(r.registrations(), 2);
     assert_eq!(configuration(&r), before);
 }

@@ -97,13 +97,6 @@ fn handshakes(r: &Rig, ssid: u16) -> usize {
     r.count(|e| matches!(e, Event::SecureConnectionEstablished { ssid: s, .. } if *s == ssid))
 }
 
-fn registrations(r: &Rig) -> usize {
-    r.lw_events
-        .iter()
-        .filter(|(_, e)| matches!(e, ServerEvent::Registered { .. }))
-        .count()
-}
-
 /// Time since the start of the rig as wall-clock time.
 fn utc_of(elapsed: Duration) -> UtcTime {
     EPOCH + elapsed
@@ -339,7 +332,7 @@ fn assert_unchanged(r: &Rig, old: &Enrolled) {
 /// refused too; once the fault is cleared the attempt after that re-enrolls and reconnects.
 fn sren_is_rejected_then_retried(fault: EstFault, reason: &str) {
     let (mut r, old) = registered_rig();
-    let (hs, regs) = (handshakes(&r, 7), registrations(&r));
+    let (hs, regs) = (handshakes(&r, 7), r.registrations());
     r.set_est_faults(vec![fault.clone()]);
     let first = elapsed_at(old.attempts[0]);
     r.run_until(first + Duration::from_secs(600), |r| {
@@ -358,7 +351,7 @@ fn sren_is_rejected_then_retried(fault: EstFault, reason: &str) {
     );
     assert_unchanged(&r, &old);
     assert_eq!(handshakes(&r, 7), hs, "the management DTLS session is kept");
-    assert_eq!(registrations(&r), regs, "no new Register");
+    assert_eq!(r.registrations(), regs, "no new Register");
     assert_eq!(enrollments(&r, true), 0);
 
     // The retry comes at the schedule's second attempt, and fails the same way.
@@ -394,10 +387,10 @@ fn sren_is_rejected_then_retried(fault: EstFault, reason: &str) {
     );
     // Every connection using the certificate starts again: a handshake and a Register.
     r.run_until(r.elapsed() + Duration::from_secs(60), |r| {
-        registrations(r) > regs
+        r.registrations() > regs
     });
     assert_eq!(handshakes(&r, 7), hs + 1);
-    assert_eq!(registrations(&r), regs + 1);
+    assert_eq!(r.registrations(), regs + 1);
     eprintln!(
         "/sren {fault:?}: refused at {:?} and {:?}, re-enrolled at {:?}",
         times[0],
@@ -432,7 +425,7 @@ fn sren_response_delayed_past_the_exchange_lifetime_fails_old_credential_kept() 
 #[test]
 fn sren_service_unavailable_keeps_the_old_credential_until_max_age() {
     let (mut r, old) = registered_rig();
-    let (hs, regs) = (handshakes(&r, 7), registrations(&r));
+    let (hs, regs) = (handshakes(&r, 7), r.registrations());
     r.set_est_faults(vec![EstFault::ServiceUnavailable { max_age: 120 }]);
     let first = elapsed_at(old.attempts[0]);
     r.run_until(first, |_| false);
@@ -459,7 +452,7 @@ fn sren_service_unavailable_keeps_the_old_credential_until_max_age() {
     assert!(st.provisioned_at.unwrap() >= utc_of(first + Duration::from_secs(120)));
     assert_ne!(st.certificate.as_ref().unwrap().serial_hex(), old.serial);
     r.run_until(r.elapsed() + Duration::from_secs(60), |r| {
-        registrations(r) > regs
+        r.registrations() > regs
     });
     assert_eq!(handshakes(&r, 7), hs + 1);
 }
@@ -843,25 +836,12 @@ fn rekey_changes_the_key_only_when_the_new_certificate_arrives() {
     assert!(third != new_key && third != old.key);
     // None of the three private keys ever went out, in any datagram of the client.
     for key in [&old.key, &new_key, &third] {
-        let scalar = private_scalar(key);
-        assert!(!r
-            .captured
-            .iter()
-            .any(|d| d.windows(scalar.len()).any(|w| w == scalar)));
+        r.assert_no_datagram_carries_key(key);
     }
     eprintln!(
         "rekey: 3 keys, {} datagrams scanned for their private scalars",
         r.captured.len()
     );
-}
-
-/// The 32-byte private scalar of a SEC1 `ECPrivateKey` (the OCTET STRING after the version).
-fn private_scalar(sec1: &[u8]) -> Vec<u8> {
-    let pos = sec1
-        .windows(2)
-        .position(|w| w == [0x04, 0x20])
-        .expect("SEC1 private key octet string");
-    sec1[pos + 2..pos + 34].to_vec()
 }
 
 #[test]

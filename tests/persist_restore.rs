@@ -22,30 +22,6 @@ fn thirty_day_rig() -> Rig {
     )
 }
 
-fn est_events(r: &Rig) -> Vec<EstEvent> {
-    r.bs_events
-        .iter()
-        .filter_map(|(_, e)| match e {
-            BootstrapEvent::Est { event, .. } => Some(event.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn bootstrap_requests(r: &Rig) -> usize {
-    r.bs_events
-        .iter()
-        .filter(|(_, e)| matches!(e, BootstrapEvent::Requested { .. }))
-        .count()
-}
-
-fn registrations(r: &Rig) -> usize {
-    r.lw_events
-        .iter()
-        .filter(|(_, e)| matches!(e, ServerEvent::Registered { .. }))
-        .count()
-}
-
 fn write_attributes(r: &mut Rig, path: &str, query: &[&str]) {
     let mut req = OpRequest::get(path);
     req.method = OpMethod::Put;
@@ -80,8 +56,8 @@ fn restored_client_registers_without_bootstrap_and_reenrolls_on_the_original_sch
     let due = r.client.next_reenrollment().expect("scheduled");
     let provisioned = r.client.est_state().provisioned_at.unwrap();
     let bytes = Snapshot::encode(&r.client).unwrap();
-    assert_eq!(bootstrap_requests(&r), 1);
-    let (regs_before, est_before) = (registrations(&r), est_events(&r).len());
+    assert_eq!(r.bootstrap_requests(), 1);
+    let (regs_before, est_before) = (r.registrations(), r.est_events().len());
 
     let mut cfg = ClientConfig::new(EP);
     cfg.est_reenroll = ReenrollConfig::default();
@@ -93,15 +69,15 @@ fn restored_client_registers_without_bootstrap_and_reenrolls_on_the_original_sch
     let restarted_at = r.elapsed();
     start(&mut r);
     r.run_until(restarted_at + Duration::from_secs(120), |r| {
-        registrations(r) > regs_before
+        r.registrations() > regs_before
     });
-    assert_eq!(registrations(&r), regs_before + 1, "{:?}", r.events);
+    assert_eq!(r.registrations(), regs_before + 1, "{:?}", r.events);
     assert_eq!(
-        bootstrap_requests(&r),
+        r.bootstrap_requests(),
         1,
         "no Bootstrap-Request after restore"
     );
-    assert_eq!(est_events(&r).len(), est_before, "no EST exchange at start");
+    assert_eq!(r.est_events().len(), est_before, "no EST exchange at start");
     // The DTLS session that carried the Register authenticated with the EST certificate
     // (mode 4 has no other credential), and the attributes survived.
     assert!(r.events.iter().any(|(t, e)| *t >= restarted_at
@@ -127,19 +103,20 @@ fn restored_client_registers_without_bootstrap_and_reenrolls_on_the_original_sch
         27 * DAY as i64 * 1000
     );
     r.run_until(due_at + Duration::from_secs(60), |_| false);
-    let sren: Vec<_> = est_events(&r)
+    let sren: Vec<_> = r
+        .est_events()
         .into_iter()
         .skip(est_before)
         .filter(|e| matches!(e, EstEvent::Enrolled { reenroll: true, .. }))
         .collect();
-    assert_eq!(sren.len(), 1, "{:?}", est_events(&r));
+    assert_eq!(sren.len(), 1, "{:?}", r.est_events());
     let renewed = r.client.est_state().provisioned_at.unwrap();
     let late = renewed.unix_millis() - due.unix_millis();
     assert!(
         (0..1000).contains(&late),
         "re-enrolled {late} ms after the schedule"
     );
-    assert_eq!(bootstrap_requests(&r), 1);
+    assert_eq!(r.bootstrap_requests(), 1);
     eprintln!(
         "restored at day 3, registered without bootstrap, /sren {late} ms after the schedule \
          (day {:.3})",
@@ -277,9 +254,9 @@ fn assert_not_persistable(r: &Rig, what: &str) {
 }
 
 fn enrolled_events(r: &Rig, reenroll: bool) -> usize {
-    est_events(r)
+    r.est_events()
         .iter()
-        .filter(|e| matches!(e, EstEvent::Enrolled { reenroll: x, .. } if *x == reenroll))
+        .filter(|e| matches!(e, EstEvent::Enrolled { reenroll: x, .. } if x == &reenroll))
         .count()
 }
 
@@ -289,7 +266,7 @@ fn est_state_cannot_be_persisted_during_any_est_exchange() {
     start(&mut r);
     // /est/crts: the EST CA has answered, the answer has not reached the client yet.
     run_until_in_flight(&mut r, Duration::from_secs(120), |r| {
-        est_events(r)
+        r.est_events()
             .iter()
             .any(|e| matches!(e, EstEvent::CaCerts { .. }))
             && r.client.est_state().cacerts.is_empty()

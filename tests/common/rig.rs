@@ -431,6 +431,40 @@ impl Rig {
         self.bs.est_mut().expect("an EST CA").set_faults(faults);
     }
 
+    /// Bootstrap-Requests the Bootstrap-Server received.
+    pub fn bootstrap_requests(&self) -> usize {
+        self.bs_events
+            .iter()
+            .filter(|(_, e)| matches!(e, BootstrapEvent::Requested { .. }))
+            .count()
+    }
+
+    /// When the management server accepted a Register, in order.
+    pub fn registration_times(&self) -> Vec<Duration> {
+        self.lw_events
+            .iter()
+            .filter(|(_, e)| matches!(e, ServerEvent::Registered { .. }))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    pub fn registrations(&self) -> usize {
+        self.registration_times().len()
+    }
+
+    /// Panics if any datagram the client sent (captured) holds the private scalar of the
+    /// SEC1 key `sec1`; returns how many datagrams were scanned.
+    pub fn assert_no_datagram_carries_key(&self, sec1: &[u8]) -> usize {
+        let scalar = private_scalar(sec1);
+        for d in &self.captured {
+            assert!(
+                !d.windows(scalar.len()).any(|w| w == scalar),
+                "a datagram carries the private key"
+            );
+        }
+        self.captured.len()
+    }
+
     /// What the EST CA did, in order.
     pub fn est_events(&self) -> Vec<EstEvent> {
         self.bs_events
@@ -441,4 +475,14 @@ impl Rig {
             })
             .collect()
     }
+}
+
+/// The 32-byte private scalar inside a SEC1 `ECPrivateKey` (the OCTET STRING after the
+/// version INTEGER).
+pub fn private_scalar(sec1: &[u8]) -> Vec<u8> {
+    let pos = sec1
+        .windows(2)
+        .position(|w| w == [0x04, 0x20])
+        .expect("SEC1 private key octet string");
+    sec1[pos + 2..pos + 34].to_vec()
 }
