@@ -433,13 +433,9 @@ impl Client {
             debug!("dropping datagram for unknown connection {conn:?}");
             return;
         };
-        // in_buffer_size bounds CoAP messages; on a DTLS connection the record around one
-        // (and a handshake flight) may be larger, up to one maximal DTLS record.
-        let limit = if self.channels[i].is_secure() {
-            MAX_DTLS_DATAGRAM
-        } else {
-            self.cfg.in_buffer_size
-        };
+        // in_buffer_size bounds CoAP messages (checked below, after DTLS); the record around
+        // one (and a handshake flight) may be larger, up to one maximal DTLS record.
+        let limit = max_datagram(&self.cfg);
         if data.len() > limit {
             debug!("dropping {}-byte datagram larger than {limit}", data.len());
             return;
@@ -447,11 +443,7 @@ impl Client {
         let coap_datagrams = self.channels[i].handle_datagram(now, data);
         let mut accepted = false;
         for d in coap_datagrams {
-            if d.len() > self.cfg.in_buffer_size {
-                debug!(
-                    "dropping {}-byte CoAP message larger than in_buffer_size",
-                    d.len()
-                );
+            if !fits_in_buffer(&d, self.cfg.in_buffer_size) {
                 continue;
             }
             accepted |= self.sessions[i]
@@ -471,17 +463,13 @@ impl Client {
             debug!("dropping datagram for the closed bootstrap connection");
             return;
         };
-        let limit = if b.channel.is_secure() {
-            MAX_DTLS_DATAGRAM
-        } else {
-            in_limit
-        };
+        let limit = max_datagram(&self.cfg);
         if data.len() > limit {
             debug!("dropping {}-byte datagram larger than {limit}", data.len());
             return;
         }
         for d in b.channel.handle_datagram(now, data) {
-            if d.len() <= in_limit {
+            if fits_in_buffer(&d, in_limit) {
                 let _ = b.session.endpoint.handle_datagram(now.mono, &d);
             }
         }
@@ -908,4 +896,27 @@ impl Client {
     pub fn is_started(&self) -> bool {
         self.started
     }
+}
+
+/// The largest datagram taken at all: a maximal DTLS record, or a CoAP message of
+/// `in_buffer_size` if that is larger.
+pub(crate) fn max_datagram(cfg: &ClientConfig) -> usize {
+    cfg.in_buffer_size.max(MAX_DTLS_DATAGRAM)
+}
+
+/// Whether a CoAP message (plain, or from a DTLS record) may go on to the endpoint: anything within
+/// `in_buffer_size`, and requests of any size, which the endpoint answers with 4.13 and the
+/// Block1 size it takes (RFC 7959 §2.9.3) so the peer can send them block-wise. Larger
+/// responses are dropped (we asked for blocks that fit).
+fn fits_in_buffer(d: &[u8], in_buffer_size: usize) -> bool {
+    // Byte 1 is the code: class 0 with a non-zero detail is a request.
+    let request = d.len() >= 4 && d[1] != 0 && d[1] >> 5 == 0;
+    if d.len() <= in_buffer_size || request {
+        return true;
+    }
+    debug!(
+        "dropping {}-byte CoAP message larger than in_buffer_size",
+        d.len()
+    );
+    false
 }

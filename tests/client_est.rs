@@ -1309,6 +1309,48 @@ fn bootstrap_writes_and_est_answers_larger_than_the_servers_messages_go_block_wi
     );
 }
 
+#[test]
+fn a_client_with_a_128_byte_in_buffer_bootstraps_and_enrolls_block_wise() {
+    // The Bootstrap-Server's writes (the Security instance carries a 450-byte certificate)
+    // are answered 4.13 with a Block1 hint and come again in blocks the client takes; the
+    // client asks for small Block2 blocks of the /est/crts and /est/sen certificates.
+    let run = |in_buffer: Option<usize>| {
+        let mut r = est_rig();
+        if let Some(n) = in_buffer {
+            r.reconfigure(|c| c.in_buffer_size = n);
+        }
+        start(&mut r);
+        r.run_until(Duration::from_secs(600), Rig::registered);
+        assert!(r.registered(), "{in_buffer:?}: {:?}", r.events);
+        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+        r
+    };
+    let plain = run(None);
+    let small = run(Some(128));
+    let cert_len = small
+        .client
+        .est_state()
+        .certificate
+        .as_ref()
+        .unwrap()
+        .der()
+        .len();
+    assert_eq!(enrollments(&small, false), 1);
+    assert_eq!(small.bootstrap_requests(), 1);
+    // At least one more request per 64-byte block of each of the two certificates.
+    let extra = 2 * (cert_len as u64 / 64 - 1);
+    assert!(
+        small.sent[0] >= plain.sent[0] + extra,
+        "{} vs {} datagrams",
+        small.sent[0],
+        plain.sent[0]
+    );
+    eprintln!(
+        "128-byte in buffer: bootstrap + EST in {} datagrams from the client (vs {})",
+        small.sent[0], plain.sent[0]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A bootstrap account in mode 4 (SPEC 4.1)
 

@@ -645,6 +645,24 @@ fn block1_retries_smaller_after_4_13() {
 }
 
 #[test]
+fn whole_request_over_the_peers_in_buffer_is_resent_block_wise_after_4_13() {
+    // 1000 bytes fit our datagrams, so they go in one piece; the server takes 400-byte
+    // messages, answers 4.13 with a Block1 hint, and gets the body in 256-byte blocks.
+    let data = body(1000, 12);
+    let mut pair = Pair::new(4, 0.0, 0.0, 0, Vec::new());
+    pair.s.set_in_buffer_size(400);
+    let o = pair.put_up(&data);
+    assert_eq!(raw_code(&o.result.unwrap()), code::CHANGED);
+    assert_eq!(pair.app.uploads, vec![data]);
+    assert_eq!(o.client_sent, 1 + 1000u64.div_ceil(256));
+    // A body within the server's buffer is not affected.
+    let small = body(300, 13);
+    let o = pair.put_up(&small);
+    assert_eq!(raw_code(&o.result.unwrap()), code::CHANGED);
+    assert_eq!(o.client_sent, 1);
+}
+
+#[test]
 fn block2_cache_miss_surfaces_and_is_sliced_from_the_new_rendering() {
     let data = body(3000, 11);
     let mut pair = Pair::new(3, 0.0, 0.0, 0, data.clone());

@@ -150,8 +150,8 @@ impl Client {
     }
 
     /// A CoAP endpoint for a connection over `channel`: datagrams no larger than the
-    /// configured buffers, nor than one DTLS record on a secure channel (larger messages go
-    /// block-wise, and peers are asked for blocks that fit).
+    /// configured buffers, and sent ones no larger than one DTLS record on a secure channel
+    /// (larger messages go block-wise).
     pub(super) fn new_endpoint(&mut self, channel: &SecureChannel) -> Endpoint {
         let record = channel.max_coap_datagram().unwrap_or(usize::MAX);
         let mut ep = Endpoint::new(
@@ -160,7 +160,7 @@ impl Client {
             self.cfg.msg_cache_size,
             self.rng.as_mut(),
         );
-        ep.set_in_buffer_size(self.cfg.in_buffer_size.min(record));
+        ep.set_in_buffer_size(self.cfg.in_buffer_size);
         ep
     }
 

@@ -68,7 +68,8 @@ impl DriverConfig {
 pub struct DriverStats {
     pub datagrams_in: u64,
     pub datagrams_out: u64,
-    /// Received datagrams larger than `in_buffer_size`, dropped unread.
+    /// Received datagrams larger than any DTLS record or CoAP message we take, dropped
+    /// unread (smaller ones over `in_buffer_size` are the client's to refuse).
     pub oversize_dropped: u64,
     /// Datagrams that could not be sent (no socket, send error); retransmission covers them.
     pub send_failures: u64,
@@ -86,8 +87,9 @@ pub struct Driver {
     /// The connection whose socket holds `listen_port`, if any.
     listen_port_holder: Option<ConnectionId>,
     wake: Wake,
-    /// `in_buffer_size + 1` bytes (at most 64 KiB), so an oversize datagram is recognised,
-    /// not truncated.
+    /// One byte more than the largest datagram we take (a maximal DTLS record, or
+    /// in_buffer_size if larger; at most 64 KiB), so an oversize datagram is recognised, not
+    /// truncated.
     in_buf: Vec<u8>,
     on_event: Option<EventHandler>,
     started: bool,
@@ -309,7 +311,9 @@ impl Driver {
     /// Feeds the client what is queued on `conn`'s socket.
     fn serve_conn(&mut self, conn: ConnectionId) {
         let now = self.clock.now();
-        let limit = self.client.config().in_buffer_size;
+        // The client bounds CoAP messages by in_buffer_size itself (after DTLS, and with a
+        // 4.13 for requests); here only what no DTLS record or CoAP message can be is cut.
+        let limit = crate::client::max_datagram(self.client.config());
         for _ in 0..MAX_DATAGRAMS_PER_WAKE {
             let Some(sock) = self.sockets.get(&conn) else {
                 return;
@@ -317,7 +321,7 @@ impl Driver {
             match sock.recv(&mut self.in_buf) {
                 Ok(n) if n > limit => {
                     self.stats.oversize_dropped += 1;
-                    debug!("{conn:?}: dropping a datagram larger than in_buffer_size ({limit})");
+                    debug!("{conn:?}: dropping a datagram larger than {limit} bytes");
                 }
                 Ok(n) => {
                     self.stats.datagrams_in += 1;

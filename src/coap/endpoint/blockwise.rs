@@ -57,6 +57,9 @@ impl From<&BlockError> for BlockFailure {
 
 /// Bytes reserved for the Block, Size and ETag options when sizing a block.
 const BLOCK_OPTION_SLACK: usize = 24;
+/// The smallest block (SZX 0): a body no larger cannot be split.
+const MIN_BLOCK_BYTES: usize = 16;
+
 /// A 4.13 makes a Block1 sender shrink at most this often (one step per SZX).
 const MAX_SHRINKS: u32 = 7;
 /// Concurrent Block1 uploads a server keeps state for.
@@ -84,6 +87,9 @@ pub(super) struct ClientTransfer {
     /// Set once the transfer spans several exchanges: it ends by then, whatever happens.
     pub(super) deadline: Option<Instant>,
     started: Instant,
+    /// The body of a request sent in one piece, kept until its answer: a 4.13 carrying a
+    /// Block1 size hint (RFC 7959 §2.9.3) restarts it block-wise.
+    whole_body: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -225,8 +231,14 @@ impl Endpoint {
             notification: false,
             deadline: None,
             started: now,
+            whole_body: None,
         };
         let first = if fits {
+            // A body that could still be split (more than one minimal block) is kept for
+            // a peer whose in-buffer turns out smaller.
+            if body.len() > MIN_BLOCK_BYTES {
+                t.whole_body = Some(body.clone());
+            }
             template.payload = body;
             if let Some(szx) = block2_cap {
                 set_block_option(
@@ -310,6 +322,50 @@ impl Endpoint {
         }
     }
 
+    /// A request sent in one piece was answered 4.13 with a Block1 size hint: sends its
+    /// body again as Block1 blocks of (at most) that size. False when that does not apply
+    /// (then the 4.13 goes to the caller).
+    fn restart_as_block1(&mut self, now: Instant, ti: usize, packet: &Packet) -> bool {
+        let Some(Ok(hint)) = block_option(packet, CoapOption::Block1) else {
+            return false;
+        };
+        if self.transfers[ti].block1.is_some() {
+            return false;
+        }
+        let Some(body) = self.transfers[ti].whole_body.take() else {
+            return false;
+        };
+        let overhead = header_len(&self.transfers[ti].template) + super::TOKEN_LEN;
+        let szx = hint.szx.min(self.out_szx(overhead));
+        let total = body.len();
+        let Ok(sender) = BlockSender::new(body, szx) else {
+            return false;
+        };
+        let Some((opt, payload)) = sender.block(0) else {
+            return false;
+        };
+        let mut p = self.transfers[ti].template.clone();
+        set_block_option(&mut p, CoapOption::Block1, opt);
+        set_uint_option(&mut p, CoapOption::Size1, total as u32);
+        p.payload = payload.to_vec();
+        debug!(
+            "coap: 4.13 with a Block1 hint: sending the {total}-byte body in {}-byte blocks",
+            16 << opt.szx
+        );
+        let lifetime = self.params.exchange_lifetime();
+        let t = &mut self.transfers[ti];
+        t.block1 = Some(Block1Tx {
+            sender,
+            sent: opt,
+            shrinks: 0,
+            done: false,
+        });
+        t.deadline = Some(now + lifetime);
+        let handle = t.handle;
+        self.send_follow_up(now, handle, p);
+        true
+    }
+
     /// Routes the response to one request of ours: the next block, or the caller's event.
     pub(super) fn on_response(&mut self, now: Instant, handle: RequestHandle, packet: Packet) {
         let Some(ti) = self.transfers.iter().position(|t| t.handle == handle) else {
@@ -318,6 +374,9 @@ impl Endpoint {
             return;
         };
         let rc = raw_code(&packet);
+        if rc == code::REQUEST_ENTITY_TOO_LARGE && self.restart_as_block1(now, ti, &packet) {
+            return;
+        }
         let max_total = self.max_reassembly;
         let t = &mut self.transfers[ti];
 
@@ -507,6 +566,7 @@ impl Endpoint {
             notification: true,
             deadline: None,
             started: now,
+            whole_body: None,
         });
         // The notification itself is block 0: continue as if it answered a request.
         self.on_response(now, handle, packet);
@@ -544,7 +604,32 @@ impl Endpoint {
                 return None;
             }
             Some(Ok(b1)) => return self.on_block1(now, req, key, b1),
-            None => {}
+            None => {
+                let overhead = header_len(&req.packet);
+                if overhead + 1 + req.packet.payload.len() > self.in_buffer_size {
+                    // Too large for our buffer: ask for Block1 blocks we can take
+                    // (RFC 7959 §2.9.3) instead of dropping it unanswered.
+                    let szx = self.in_szx(overhead);
+                    debug!(
+                        "coap: {}-byte request body over the {}-byte in-buffer: 4.13, blocks of {}",
+                        req.packet.payload.len(),
+                        self.in_buffer_size,
+                        16 << szx
+                    );
+                    let mut resp = crate::coap::new_response(code::REQUEST_ENTITY_TOO_LARGE);
+                    set_block_option(
+                        &mut resp,
+                        CoapOption::Block1,
+                        BlockOption {
+                            num: 0,
+                            more: false,
+                            szx,
+                        },
+                    );
+                    self.respond_plain(now, &req, resp);
+                    return None;
+                }
+            }
         }
         match block_option(&req.packet, CoapOption::Block2) {
             Some(Err(e)) => {
