@@ -114,6 +114,19 @@ fn failure_times(r: &Rig) -> Vec<Duration> {
         .collect()
 }
 
+/// The EST rig after `tweak`, run until it registers with its first certificate and no
+/// EST failure.
+fn enrolled(tweak: impl FnOnce(&mut Rig)) -> Rig {
+    let mut r = est_rig();
+    tweak(&mut r);
+    start(&mut r);
+    r.run_until(Duration::from_secs(600), Rig::registered);
+    assert!(r.registered(), "{:?}", r.events);
+    assert!(failures(&r).is_empty(), "{:?}", failures(&r));
+    assert_eq!(enrollments(&r, false), 1);
+    r
+}
+
 // ---------------------------------------------------------------------------------------
 // /est/sen
 
@@ -249,20 +262,8 @@ fn sen_service_unavailable_waits_max_age_then_enrolls() {
 fn sen_delayed_separate_response_is_accepted() {
     // The same flow with and without the fault: the delayed answer costs the client exactly
     // one more datagram on the bootstrap connection (its ACK of the separate response).
-    let run = |fault: Option<EstFault>| {
-        let mut r = est_rig();
-        if let Some(f) = fault {
-            r.set_est_faults(vec![f]);
-        }
-        start(&mut r);
-        r.run_until(Duration::from_secs(600), Rig::registered);
-        assert!(r.registered(), "{:?}", r.events);
-        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
-        assert_eq!(enrollments(&r, false), 1);
-        r
-    };
-    let plain = run(None);
-    let delayed = run(Some(EstFault::Delayed { secs: 5 }));
+    let plain = enrolled(|_| {});
+    let delayed = enrolled(|r| r.set_est_faults(vec![EstFault::Delayed { secs: 5 }]));
     // /sen was delayed by 5 s, and so was the whole flow.
     let reg = |r: &Rig| {
         r.events
@@ -1244,19 +1245,8 @@ fn sren_still_waiting_at_expiry_is_given_up_for_bootstrap_and_sen() {
 fn a_csr_larger_than_the_out_buffer_goes_block_wise() {
     // A 128-byte out buffer (the smallest allowed): the CSR (about 200 bytes) can only go out
     // in Block1 blocks; a request that does not fit would fail with "too large".
-    let run = |out: Option<usize>| {
-        let mut r = est_rig();
-        if let Some(o) = out {
-            r.reconfigure(|c| c.out_buffer_size = o);
-        }
-        start(&mut r);
-        r.run_until(Duration::from_secs(600), Rig::registered);
-        assert!(r.registered(), "{out:?}: {:?}", r.events);
-        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
-        r
-    };
-    let plain = run(None);
-    let mut small = run(Some(128));
+    let plain = enrolled(|_| {});
+    let mut small = enrolled(|r| r.reconfigure(|c| c.out_buffer_size = 128));
     let csr_len = small.bs.est_mut().unwrap().last_csr().unwrap().len();
     assert!(csr_len > 128, "CSR of {csr_len} bytes");
     assert!(
@@ -1277,19 +1267,8 @@ fn bootstrap_writes_and_est_answers_larger_than_the_servers_messages_go_block_wi
     // The Bootstrap-Server sends at most 256-byte messages: its Security writes (they carry
     // the management server's certificate) reach the client as Block1 uploads, and the
     // /est/crts and /est/sen certificates (about 450 bytes each) as Block2 downloads.
-    let run = |server_max: Option<usize>| {
-        let mut r = est_rig();
-        if let Some(n) = server_max {
-            r.bs.set_max_message_size(n);
-        }
-        start(&mut r);
-        r.run_until(Duration::from_secs(600), Rig::registered);
-        assert!(r.registered(), "{server_max:?}: {:?}", r.events);
-        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
-        r
-    };
-    let plain = run(None);
-    let small = run(Some(256));
+    let plain = enrolled(|_| {});
+    let small = enrolled(|r| r.bs.set_max_message_size(256));
     let state = small.client.est_state();
     let cert_len = state.certificate.as_ref().unwrap().der().len();
     let ca_len = state.cacerts[0].der().len();
@@ -1314,19 +1293,8 @@ fn a_client_with_a_128_byte_in_buffer_bootstraps_and_enrolls_block_wise() {
     // The Bootstrap-Server's writes (the Security instance carries a 450-byte certificate)
     // are answered 4.13 with a Block1 hint and come again in blocks the client takes; the
     // client asks for small Block2 blocks of the /est/crts and /est/sen certificates.
-    let run = |in_buffer: Option<usize>| {
-        let mut r = est_rig();
-        if let Some(n) = in_buffer {
-            r.reconfigure(|c| c.in_buffer_size = n);
-        }
-        start(&mut r);
-        r.run_until(Duration::from_secs(600), Rig::registered);
-        assert!(r.registered(), "{in_buffer:?}: {:?}", r.events);
-        assert!(failures(&r).is_empty(), "{:?}", failures(&r));
-        r
-    };
-    let plain = run(None);
-    let small = run(Some(128));
+    let plain = enrolled(|_| {});
+    let small = enrolled(|r| r.reconfigure(|c| c.in_buffer_size = 128));
     let cert_len = small
         .client
         .est_state()
