@@ -9,8 +9,8 @@
 mod common;
 
 use common::rig::*;
-#[test]
-fn nosec_bootstrap_then_register() {
+/// A NoSec client bootstrapped and registered with the management server.
+fn registered_nosec() -> Rig {
     let mut r = rig(
         Setup::NoSecToNoSec,
         Duration::from_secs(3600),
@@ -19,6 +19,12 @@ fn nosec_bootstrap_then_register() {
     start(&mut r);
     r.run_until(Duration::from_secs(60), Rig::registered);
     assert!(r.registered(), "events: {:?}", r.events);
+    r
+}
+
+#[test]
+fn nosec_bootstrap_then_register() {
+    let r = registered_nosec();
     assert_eq!(r.count(|e| *e == Event::BootstrapFinished), 1);
     let steps: Vec<String> = r
         .bs_events
@@ -787,14 +793,7 @@ fn bootstrap_discover_read_and_delete_through_the_test_server() {
     use estuary::dm::tlv::{self, TlvType};
     use estuary::dm::Value;
     use estuary_testserver::bootstrap_server::BootstrapOp;
-    let mut r = rig(
-        Setup::NoSecToNoSec,
-        Duration::from_secs(3600),
-        ReenrollConfig::default(),
-    );
-    start(&mut r);
-    r.run_until(Duration::from_secs(60), Rig::registered);
-    assert!(r.registered());
+    let mut r = registered_nosec();
     // The second bootstrap looks before it deletes, and again after.
     let account = ProvisionedAccount::nosec(&format!("coap://{LW_ADDR}"), 7, 120);
     let mut ops = vec![
@@ -891,14 +890,7 @@ fn bad_bootstrap_writes_through_the_test_server_get_4xx_and_change_nothing() {
     use estuary::dm::tlv::{self, Tlv, TlvType};
     use estuary::dm::Value;
     use estuary_testserver::bootstrap_server::BootstrapOp;
-    let mut r = rig(
-        Setup::NoSecToNoSec,
-        Duration::from_secs(3600),
-        ReenrollConfig::default(),
-    );
-    start(&mut r);
-    r.run_until(Duration::from_secs(60), Rig::registered);
-    assert!(r.registered());
+    let mut r = registered_nosec();
     let before = configuration(&r);
     let good = ProvisionedAccount::nosec(&format!("coap://{LW_ADDR}"), 7, 120);
     let res = |rid, v: Value| Tlv::value(TlvType::Resource, rid, &v);

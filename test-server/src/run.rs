@@ -337,15 +337,7 @@ impl ServerCtl {
             accept,
             reply,
         };
-        if !self.send(cmd) {
-            return Err(ReadError::Stopped);
-        }
-        let limit = timeout.unwrap_or(self.read_timeout);
-        match rx.recv_timeout(limit) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut(limit)),
-            Err(RecvTimeoutError::Disconnected) => Err(ReadError::Stopped),
-        }
+        self.ask(cmd, &rx, timeout.unwrap_or(self.read_timeout))
     }
 
     /// Sends any LwM2M operation to `ep` and waits for its (first) answer, at most `timeout`
@@ -364,10 +356,19 @@ impl ServerCtl {
             req,
             reply,
         };
+        self.ask(cmd, &rx, timeout.unwrap_or(self.read_timeout))
+    }
+
+    /// Sends `cmd` to the server thread and waits at most `limit` for its answer on `rx`.
+    fn ask<T>(
+        &self,
+        cmd: Command,
+        rx: &mpsc::Receiver<Result<T, ReadError>>,
+        limit: Duration,
+    ) -> Result<T, ReadError> {
         if !self.send(cmd) {
             return Err(ReadError::Stopped);
         }
-        let limit = timeout.unwrap_or(self.read_timeout);
         match rx.recv_timeout(limit) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => Err(ReadError::TimedOut(limit)),
